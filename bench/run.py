@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 SECTIONS = (
+    "bench.bench_ops",
     "bench.bench_model",
     "bench.bench_data",
     "bench.bench_eval",
