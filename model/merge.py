@@ -114,3 +114,176 @@ def order_preserving_merge(x: torch.Tensor, targets: tuple[int, ...] = OPTOME_TA
         x, sizes, labels = _pair_merge_level(x, sizes, labels, target)
         current = target
     return x, sizes, labels
+
+
+def _interleave(even: torch.Tensor, odd: torch.Tensor, length: int) -> torch.Tensor:
+    """Place `even[B, ceil(N/2)]` at positions 0, 2, .. and `odd[B, N//2]` at 1, 3, .. -> [B, N]."""
+    if odd.shape[1] < even.shape[1]:
+        odd = torch.cat([odd, odd.new_zeros(odd.shape[0], 1)], dim=1)
+    return torch.stack([even, odd], dim=2).reshape(even.shape[0], -1)[:, :length]
+
+
+def _edge_ranks(sim: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    """Rank the A-B edges of each video by decreasing similarity, 0 = heaviest.
+
+    Ties keep the flat order (lower A index first, then lower B index), so the ranks are
+    distinct. Unusable edges get rank `Na * Nb`. `sim, usable: [B, Na, Nb]` -> long [B, Na, Nb].
+    """
+    batch, n_a, n_b = sim.shape
+    flat = sim.masked_fill(~usable, float("-inf")).reshape(batch, n_a * n_b)  # [B, E]
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices  # [B, E]
+    steps = torch.arange(n_a * n_b, device=sim.device).expand(batch, n_a * n_b)
+    rank = torch.empty_like(order).scatter_(1, order, steps).reshape(batch, n_a, n_b)
+    return rank.masked_fill(~usable, n_a * n_b)
+
+
+def _greedy_matching(rank: torch.Tensor) -> torch.Tensor:
+    """Greedy one-to-one matching in increasing rank, as repeated locally dominant picks.
+
+    Each round takes every free edge that is the best free edge of both its ends; with distinct
+    ranks this picks exactly the edges of the sequential greedy matching, and min(Na, Nb)
+    rounds always suffice. `rank: long [B, Na, Nb]` (unusable = Na * Nb) -> bool [B, Na, Nb].
+    """
+    _, n_a, n_b = rank.shape
+    unusable = n_a * n_b
+    free = rank
+    matched = torch.zeros_like(rank, dtype=torch.bool)
+    for _ in range(min(n_a, n_b)):
+        best_of_a = free.amin(dim=2, keepdim=True)  # [B, Na, 1]
+        best_of_b = free.amin(dim=1, keepdim=True)  # [B, 1, Nb]
+        pick = (free == best_of_a) & (free == best_of_b) & (free < unusable)  # [B, Na, Nb]
+        matched = matched | pick
+        taken = pick.any(dim=2, keepdim=True) | pick.any(dim=1, keepdim=True)  # [B, Na, Nb]
+        free = free.masked_fill(taken, unusable)
+    return matched
+
+
+def _heaviest_edges(rank: torch.Tensor, matched: torch.Tensor, quota: torch.Tensor) -> torch.Tensor:
+    """Keep the `quota[B]` heaviest matched edges of each video: the first greedy picks.
+
+    `rank, matched: [B, Na, Nb]`; returns bool [B, Na, Nb].
+    """
+    _, n_a, n_b = rank.shape
+    edge_rank = torch.where(matched, rank, n_a * n_b).amin(dim=2)  # [B, Na]
+    heavier = (edge_rank.unsqueeze(1) < edge_rank.unsqueeze(2)).sum(dim=2)  # [B, Na]
+    chosen = (edge_rank < n_a * n_b) & (heavier < quota.unsqueeze(1))  # [B, Na]
+    return matched & chosen.unsqueeze(2)
+
+
+def _merge_plan(merges: torch.Tensor, valid: torch.Tensor):
+    """Token bookkeeping of one bipartite level from its merged edges `merges[B, Na, Nb]`.
+
+    Returns `(partner[B, N], has_partner[B, N], source[B, N], slot_valid[B, N], new_of_old[B, N])`:
+    the B-partner position of each A token that absorbs one, the old position feeding each new
+    slot (kept tokens in order, then the rest), which new slots hold a token, and the new index of
+    every old token (an absorbed B token maps to its A token's slot).
+    """
+    batch, n_a, n_b = merges.shape
+    length = valid.shape[1]
+    positions = torch.arange(length, device=valid.device).expand(batch, length)  # [B, N]
+    b_index = torch.arange(n_b, device=valid.device)
+    a_index = torch.arange(n_a, device=valid.device)
+    absorbs = merges.any(dim=2)  # [B, Na]
+    absorbed = merges.any(dim=1)  # [B, Nb]
+    partner_b = 2 * (merges.long() * b_index).sum(dim=2) + 1  # [B, Na]
+    owner_a = 2 * (merges.long() * a_index.unsqueeze(1)).sum(dim=1)  # [B, Nb]
+    partner = torch.where(_interleave(absorbs, absorbed, length),
+                          _interleave(partner_b, owner_a, length), positions)  # [B, N]
+    has_partner = _interleave(absorbs, torch.zeros_like(absorbed), length)  # [B, N]
+    kept = valid & ~_interleave(torch.zeros_like(absorbs), absorbed, length)  # [B, N]
+    source = torch.sort(torch.where(kept, positions, positions + length), dim=1).indices  # [B, N]
+    slot_valid = positions < kept.sum(dim=1, keepdim=True)  # [B, N]
+    new_rank = kept.long().cumsum(dim=1) - 1  # [B, N]
+    new_of_old = torch.where(kept, new_rank, new_rank.gather(1, partner))  # [B, N]
+    return partner, has_partner, source, slot_valid, new_of_old
+
+
+def _gather_tokens(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`values[B, N, D]` rows picked by `index[B, N]` -> [B, N, D]."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
+def _weighted_merge(values, sizes_a, sizes_b, index_a, index_b, with_partner, slot_valid):
+    """Size-weighted mean of the tokens feeding each new slot; empty slots hold zeros."""
+    value_a, value_b = _gather_tokens(values, index_a), _gather_tokens(values, index_b)  # [B, N, D]
+    total = torch.where(with_partner, sizes_a + sizes_b, torch.ones_like(sizes_a)).unsqueeze(-1)
+    mean = (value_a * sizes_a.unsqueeze(-1) + value_b * sizes_b.unsqueeze(-1)) / total
+    merged = torch.where(with_partner.unsqueeze(-1), mean, value_a)
+    return torch.where(slot_valid.unsqueeze(-1), merged, torch.zeros_like(merged))
+
+
+def _check_bipartite_inputs(x, metric, sizes, labels, target) -> None:
+    """Raise ValueError naming the argument whose shape does not fit bipartite_merge."""
+    _require(x.dim() == 3, f"bipartite_merge: x must be [B, N, D], got shape {tuple(x.shape)}")
+    batch, length, _ = x.shape
+    _require(metric.dim() == 3 and metric.shape[:2] == (batch, length),
+             f"bipartite_merge: metric must be [{batch}, {length}, Dm], got shape {tuple(metric.shape)}")
+    _require(tuple(sizes.shape) == (batch, length),
+             f"bipartite_merge: sizes must be [{batch}, {length}], got shape {tuple(sizes.shape)}")
+    _require(labels.dim() == 2 and labels.shape[0] == batch,
+             f"bipartite_merge: labels must be [{batch}, F], got shape {tuple(labels.shape)}")
+    if isinstance(target, torch.Tensor):
+        _require(target.dim() == 0 or tuple(target.shape) == (batch,),
+                 f"bipartite_merge: target must be an int or a [{batch}] tensor, got shape {tuple(target.shape)}")
+
+
+def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor,
+                    target):
+    """One loss-side merging level of spec 4.3 step 3 on every video of the batch.
+
+    A = even, B = odd positions among each video's valid tokens (sizes > 0, stored first; padding
+    after them). A-B edges are taken greedily, one-to-one, in decreasing cosine similarity of
+    `metric` (ties: lower A index, then lower B index first), stopping after `valid - target`
+    merges (at most the matching size). A merged pair becomes one token at A's position: `x`
+    and `metric` by size-weighted mean, sizes added; B's position disappears, the others keep
+    their order. Frames are relabelled. A video whose target is >= its valid count is unchanged.
+    Shapes stay static: `x[B, N, D], metric[B, N, Dm], sizes[B, N], labels[B, F]` in, the same
+    shapes out, padding slots with size 0 and zero values. `target`: int or long tensor [B].
+    Raises ValueError for mismatched shapes.
+    """
+    _check_bipartite_inputs(x, metric, sizes, labels, target)
+    valid = sizes > 0  # [B, N]
+    target = torch.as_tensor(target, device=x.device).expand(x.shape[0])  # [B]
+    unit = F.normalize(metric.detach(), dim=-1)  # [B, N, Dm]
+    sim = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
+    usable = valid[:, 0::2].unsqueeze(2) & valid[:, 1::2].unsqueeze(1)  # [B, Na, Nb]
+    rank = _edge_ranks(sim, usable)
+    quota = (valid.sum(dim=1) - target).clamp(min=0)  # [B]
+    merges = _heaviest_edges(rank, _greedy_matching(rank), quota)  # [B, Na, Nb]
+    partner, has_partner, source, slot_valid, new_of_old = _merge_plan(merges, valid)
+    index_b = partner.gather(1, source)  # [B, N]
+    with_partner = has_partner.gather(1, source) & slot_valid  # [B, N]
+    sizes_a = sizes.gather(1, source)
+    sizes_b = torch.where(with_partner, sizes.gather(1, index_b), torch.zeros_like(sizes_a))
+    new_x = _weighted_merge(x, sizes_a, sizes_b, source, index_b, with_partner, slot_valid)
+    new_metric = _weighted_merge(metric, sizes_a, sizes_b, source, index_b, with_partner, slot_valid)
+    new_sizes = torch.where(slot_valid, sizes_a + sizes_b, torch.zeros_like(sizes_a))
+    return new_x, new_metric, new_sizes, new_of_old.gather(1, labels)
+
+
+def closure_ratio(feats: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Diversity ratio omega of spec 4.3 step 1 for every video: `feats[B, N, D]` -> [B].
+
+    Graph: edge where cos(f_i, f_j) > threshold, self loops included; its transitive closure by
+    ceil(log2(N - 1)) boolean matrix squarings; omega = fraction of the N(N-1) ordered
+    off-diagonal pairs that are connected. Raises ValueError for non-3-D input or N < 2.
+    """
+    _require(feats.dim() == 3, f"closure_ratio: feats must be [B, N, D], got shape {tuple(feats.shape)}")
+    length = feats.shape[1]
+    _require(length >= 2, f"closure_ratio: needs at least 2 tokens per video, got N={length}")
+    unit = F.normalize(feats.detach(), dim=-1)  # [B, N, D]
+    eye = torch.eye(length, dtype=torch.bool, device=feats.device)
+    reach = ((unit @ unit.transpose(1, 2)) > threshold) | eye  # [B, N, N]
+    for _ in range(max(1, math.ceil(math.log2(length - 1)))):
+        paths = reach.to(feats.dtype)
+        reach = (paths @ paths) > 0  # [B, N, N]
+    connected = reach.sum(dim=(1, 2)) - length  # [B]
+    return connected.to(feats.dtype) / (length * (length - 1))
+
+
+def segment_count(ratio: torch.Tensor) -> torch.Tensor:
+    """Adaptive segment count of spec 4.3 step 2: omega [B] -> long [B] in {5, 8, 12, 20, 32}."""
+    counts = torch.full_like(ratio, SEGMENT_COUNTS[-1], dtype=torch.long)  # [B]
+    for bound, count in reversed(RATIO_STEPS):
+        counts = torch.where(ratio >= bound, torch.full_like(counts, count), counts)
+    return counts
