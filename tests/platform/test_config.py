@@ -1,0 +1,134 @@
+"""Config loading: shipped configs, overrides, flatten round trip and clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model.network import MSC
+from msc_platform.config import (DATA_ROOT_ENV, ConfigError, ExperimentConfig, apply_overrides,
+                                 flatten, load_config, resolve_data_root, to_yaml)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+PAPER = {  # spec section 7: lr, dropout, margin, sft_factor, nce_clip, nce_frame, sim_thr
+    "tvr": (3e-4, 0.2, 0.1, 0.09, 0.05, 0.04, 0.8),
+    "activitynet": (2.5e-4, 0.31, 0.2, 0.6, 0.02, 0.04, 0.8),
+    "charades": (2e-4, 0.25, 0.2, 0.6, 0.02, 0.04, 0.85),
+    "qvhighlight": (2.5e-4, 0.31, 0.2, 0.6, 0.02, 0.04, 0.7),
+}
+
+
+def test_the_five_configs_ship():
+    assert {p.stem for p in SHIPPED} == set(PAPER) | {"synthetic"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_config_loads_and_builds_a_model(path):
+    cfg = load_config(path)
+    model = MSC(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert Path(cfg.data.root).is_absolute()
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_configs_match_the_spec_table(name):
+    cfg = load_config(CONFIG_DIR / f"{name}.yaml")
+    m, t = cfg.model, cfg.train
+    assert (t.lr, m.dropout, m.margin, m.sft_factor, m.nce_clip, m.nce_frame, m.sim_thr) == PAPER[name]
+    assert (m.hidden, m.heads, t.batch_size, t.epochs, t.patience, t.seed) == (384, 4, 128, 100, 10, 9527)
+    assert (m.rkd_d_coef, m.rkd_a_coef, m.vl_coef, m.hard_pool, m.hard_negative_start) == (15, 30, 0.1, 20, 20)
+    dims = (512, 2816) if name == "qvhighlight" else (768, 768)
+    assert (m.text_dim, m.video_dim) == dims
+
+
+def test_overrides_are_typed():
+    cfg = load_config(CONFIG_DIR / "tvr.yaml",
+                      ["model.sim_thr=0.7", "train.lr=1e-4", "model.tcp=false", "model.cbva=fixed",
+                       "tracking.run_name=abc", "model.gauss_widths=[null, 0.5]"])
+    assert cfg.model.sim_thr == 0.7 and cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.model.tcp is False and cfg.model.cbva == "fixed"
+    assert cfg.tracking.run_name == "abc" and cfg.model.gauss_widths == (None, 0.5)
+
+
+def test_flatten_round_trips_through_apply_overrides():
+    base = ExperimentConfig()
+    changed = apply_overrides(base, {"model.rkd_d_coef": 10.0, "train.epochs": 3,
+                                     "model.gauss_widths": [None, 2.0]})
+    flat = flatten(changed)
+    assert flat["model.rkd_d_coef"] == 10.0 and flat["train.epochs"] == 3
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in flat.values())
+    assert apply_overrides(base, flat) == changed
+    assert base.model.rkd_d_coef == 15.0, "apply_overrides must not change its input"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=abc", "train.lr: expected float, got 'abc'"),
+    ("train.epochs=2.5", "train.epochs: expected int, got 2.5"),
+    ("model.tcp=maybe", "model.tcp: expected bool, got 'maybe'"),
+    ("model.sim_thr=1.5", "model.sim_thr"),
+    ("model.cbva=sometimes", "model.cbva"),
+    ("train.batch_size=0", "train.batch_size: must be >= 1"),
+    ("train.device=tpu", "train.device"),
+    ("model.simthr=0.7", "model.simthr: unknown key"),
+    ("optim.lr=1", "optim.lr: unknown key"),
+    ("train.lr", "expected 'section.key=value'"),
+])
+def test_bad_overrides_name_the_key_and_problem(override, message):
+    with pytest.raises(ConfigError, match="tvr.yaml") as caught:
+        load_config(CONFIG_DIR / "tvr.yaml", [override])
+    assert message in str(caught.value)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  lrr: 0.1\n", "train.lrr: unknown key"),
+    ("optimizer:\n  lr: 0.1\n", "optimizer: unknown section"),
+    ("train:\n  lr: fast\n", "train.lr: expected float, got 'fast'"),
+    ("model:\n  dropout: 1.0\n", "model.dropout"),
+    ("train: [1, 2]\n", "train: expected a mapping"),
+    ("train:\n  lr: [\n", "not valid YAML"),
+    ("- 1\n", "expected a mapping"),
+])
+def test_bad_files_name_the_file_key_and_problem(tmp_path, text, message):
+    path = _write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError, match="bad.yaml") as caught:
+        load_config(path)
+    assert message in str(caught.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_base_chain_merges_and_detects_cycles(tmp_path):
+    _write(tmp_path / "parent.yaml", "model:\n  hidden: 64\n  heads: 2\ntrain:\n  lr: 1.0e-3\n")
+    child = _write(tmp_path / "child.yaml", "base: parent.yaml\ntrain:\n  lr: 2e-3\n")
+    cfg = load_config(child)
+    assert (cfg.model.hidden, cfg.model.heads, cfg.train.lr) == (64, 2, 2e-3)
+    _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_data_root_precedence(tmp_path, monkeypatch):
+    path = _write(tmp_path / "c.yaml", "data:\n  root: from_config\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    assert load_config(path).data.root == str(tmp_path / "from_config")
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "from_env"))
+    assert load_config(path).data.root == str(tmp_path / "from_env")
+    assert load_config(path, data_root="from_cli").data.root == str(tmp_path / "from_cli")
+    assert resolve_data_root(ExperimentConfig(), "x") == tmp_path / "x"
+
+
+def test_resolved_yaml_loads_back(tmp_path):
+    cfg = load_config(CONFIG_DIR / "qvhighlight.yaml", ["model.cbva=off"])
+    path = _write(tmp_path / "resolved.yaml", to_yaml(cfg))
+    assert load_config(path) == cfg
