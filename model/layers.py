@@ -1,0 +1,249 @@
+"""Building blocks of the MSC network (spec section 2).
+
+The multi-scale Gaussian block runs its branches as one batched computation: every branch's
+weights are stacked along a leading branch dimension K and applied with batched matmuls.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASK_PENALTY = -10000.0
+POOL_PENALTY = -1e10
+LAYER_NORM_EPS = 1e-5
+
+
+def gaussian_prior(length: int, width: float | None) -> torch.Tensor:
+    """Gaussian attention prior [length, length] of spec section 2; all ones when width is None.
+
+    Row i is a Gaussian over positions linspace(0, 1, length) centred at i / length with
+    sigma = max(width, 0.01) / 9, divided by its row maximum. Raises ValueError for length < 1.
+    """
+    if length < 1:
+        raise ValueError(f"gaussian_prior: length must be >= 1, got {length}")
+    if width is None:
+        return torch.ones(length, length)
+    centres = torch.arange(length, dtype=torch.float64).unsqueeze(1) / length  # [L, 1]
+    positions = torch.linspace(0.0, 1.0, length, dtype=torch.float64).unsqueeze(0)  # [1, L]
+    sigma = max(float(width), 0.01) / 9.0
+    prior = torch.exp(-(positions - centres) ** 2 / (2 * sigma ** 2)) / (sigma * math.sqrt(2 * math.pi))
+    return (prior / prior.amax(dim=1, keepdim=True)).float()  # [L, L]
+
+
+def key_mask_bias(mask: torch.Tensor) -> torch.Tensor:
+    """Additive logit bias [B, L]: 0 for valid keys, -10000 for masked keys (mask 0)."""
+    return (1.0 - mask) * MASK_PENALTY
+
+
+class InputProjection(nn.Module):
+    """LayerNorm(Din) -> Dropout -> Linear(Din -> D) -> ReLU."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project [..., Din] features to [..., D]."""
+        return F.relu(self.linear(self.dropout(self.norm(x))))
+
+
+class PositionalEmbedding(nn.Module):
+    """Learned positions: LayerNorm(x + pos) -> Dropout."""
+
+    def __init__(self, max_len: int, hidden: int, dropout: float):
+        super().__init__()
+        self.max_len = max_len
+        self.embedding = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Add positions to x [B, L, D]; raises ValueError when L exceeds max_len."""
+        length = x.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"PositionalEmbedding: sequence length {length} exceeds "
+                             f"the {self.max_len} learned positions")
+        return self.dropout(self.norm(x + self.embedding.weight[:length]))  # [B, L, D]
+
+
+class StackedLinear(nn.Module):
+    """K independent Linear(Din -> Dout) layers whose weights are stacked: weight [K, Din, Dout]."""
+
+    def __init__(self, branches: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(branches, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(branches, out_dim))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply branch k to x[k]: x [K, ..., Din] -> [K, ..., Dout]."""
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [K, N, Din]
+        out = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight)  # [K, N, Dout]
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply every branch to the same input: x [..., Din] -> [K, ..., Dout] (one matmul)."""
+        branches, in_dim, out_dim = self.weight.shape
+        flat = x.reshape(-1, in_dim)  # [N, Din]
+        weight = self.weight.permute(1, 0, 2).reshape(in_dim, branches * out_dim)
+        out = torch.addmm(self.bias.reshape(-1), flat, weight)  # [N, K * Dout]
+        out = out.reshape(-1, branches, out_dim).transpose(0, 1)  # [K, N, Dout]
+        return out.reshape(branches, *x.shape[:-1], out_dim)
+
+
+class StackedLayerNorm(nn.Module):
+    """K independent LayerNorms over the last dimension: weight, bias [K, D]."""
+
+    def __init__(self, branches: int, hidden: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(branches, hidden))
+        self.bias = nn.Parameter(torch.zeros(branches, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise x [K, ..., D] with branch k's affine parameters on x[k]."""
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        normed = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
+        return normed * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+class MultiBranchAttentionLayer(nn.Module):
+    """K post-norm transformer layers ("attention layers") sharing one input, run batched.
+
+    Branch k multiplies its logits by the Gaussian prior of width widths[k] (None: no prior).
+    Each layer: QK^T/sqrt(dh) -> *prior -> +key mask -> +log(size) -> softmax -> dropout -> @V,
+    dropout, residual, LayerNorm, then FFN D -> 4D -> D (ReLU, dropout), residual, LayerNorm.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float,
+                 widths: Sequence[float | None] = (None,), length: int | None = None):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        if length is None and any(width is not None for width in widths):
+            raise ValueError("a Gaussian prior needs a fixed sequence length")
+        branches = len(widths)
+        self.heads = heads
+        self.length = length
+        self.qkv = StackedLinear(branches, hidden, 3 * hidden)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_attn = StackedLayerNorm(branches, hidden)
+        self.ffn_in = StackedLinear(branches, hidden, 4 * hidden)
+        self.ffn_out = StackedLinear(branches, 4 * hidden, hidden)
+        self.norm_ffn = StackedLayerNorm(branches, hidden)
+        self.has_prior = length is not None and any(width is not None for width in widths)
+        if self.has_prior:
+            priors = torch.stack([gaussian_prior(length, width) for width in widths])
+            self.register_buffer("prior", priors, persistent=False)  # [K, L, L]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                size_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Run all branches on x [B, L, D] with key mask [B, L] and optional log-size bias [B, L].
+
+        Returns [K, B, L, D]. Raises ValueError when L differs from the prior's length.
+        """
+        if self.has_prior and x.shape[1] != self.length:
+            raise ValueError(f"MultiBranchAttentionLayer: expected length {self.length}, "
+                             f"got {x.shape[1]}")
+        context = self._attend(x, mask, size_bias)  # [K, B, L, D]
+        hidden = self.norm_attn(x.unsqueeze(0) + self.dropout(context))  # [K, B, L, D]
+        inner = self.dropout(F.relu(self.ffn_in(hidden)))  # [K, B, L, 4D]
+        return self.norm_ffn(hidden + self.dropout(self.ffn_out(inner)))  # [K, B, L, D]
+
+    def _attend(self, x: torch.Tensor, mask: torch.Tensor,
+                size_bias: torch.Tensor | None) -> torch.Tensor:
+        """Multi-head attention context of every branch: [K, B, L, D]."""
+        batch, length, hidden = x.shape
+        head_dim = hidden // self.heads
+        qkv = self.qkv.forward_shared(x)  # [K, B, L, 3D]
+        qkv = qkv.reshape(-1, batch, length, 3, self.heads, head_dim).permute(3, 0, 1, 4, 2, 5)
+        query, key, value = qkv[0], qkv[1], qkv[2]  # [K, B, H, L, dh]
+        logits = query @ key.transpose(-1, -2) / math.sqrt(head_dim)  # [K, B, H, L, L]
+        if self.has_prior:
+            logits = logits * self.prior[:, None, None]
+        bias = key_mask_bias(mask)  # [B, L]
+        if size_bias is not None:
+            bias = bias + size_bias
+        logits = logits + bias[None, :, None, None, :]
+        weights = self.attn_dropout(torch.softmax(logits, dim=-1))
+        context = weights @ value  # [K, B, H, L, dh]
+        return context.transpose(2, 3).reshape(-1, batch, length, hidden)
+
+
+class CrossAttentionLayer(nn.Module):
+    """One query token attends to a key sequence: attention + residual + LayerNorm,
+    FFN D -> D -> D (ReLU, dropout) + residual + LayerNorm. Key mask, no size bias."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        if hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+        self.heads = heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key_value = nn.Linear(hidden, 2 * hidden)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_attn = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+        self.ffn_in = nn.Linear(hidden, hidden)
+        self.ffn_out = nn.Linear(hidden, hidden)
+        self.norm_ffn = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+
+    def forward(self, token: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """token [D] attends to keys [..., L, D] with key mask broadcastable to [..., L] -> [..., D]."""
+        hidden = token.shape[-1]
+        head_dim = hidden // self.heads
+        query = self.query(token).reshape(self.heads, 1, head_dim)  # [H, 1, dh]
+        key, value = self.key_value(keys).chunk(2, dim=-1)  # [..., L, D] each
+        key = key.unflatten(-1, (self.heads, head_dim)).transpose(-2, -3)  # [..., H, L, dh]
+        value = value.unflatten(-1, (self.heads, head_dim)).transpose(-2, -3)
+        logits = query @ key.transpose(-1, -2) / math.sqrt(head_dim)  # [..., H, 1, L]
+        logits = logits + key_mask_bias(mask).unsqueeze(-2).unsqueeze(-2)
+        weights = self.attn_dropout(torch.softmax(logits, dim=-1))
+        context = (weights @ value).squeeze(-2).flatten(-2)  # [..., D]
+        attended = self.norm_attn(token + self.dropout(context))
+        inner = self.dropout(F.relu(self.ffn_in(attended)))
+        return self.norm_ffn(attended + self.dropout(self.ffn_out(inner)))  # [..., D]
+
+
+class GaussianMixtureBlock(nn.Module):
+    """Multi-scale Gaussian (GMM) block over a fixed length L (spec section 2).
+
+    The branches (one per width) run batched in a MultiBranchAttentionLayer; a learned token,
+    passed in by the caller so that several blocks can share it, cross-attends to each branch
+    output through this block's one cross-attention layer (shared by the branches); an MLP
+    maps the K results to per-token branch weights, softmaxed over branches at temperature
+    sft_factor; the output is the weighted sum of the branch outputs.
+    """
+
+    def __init__(self, hidden: int, heads: int, dropout: float, widths: Sequence[float | None],
+                 length: int, sft_factor: float):
+        super().__init__()
+        self.length = length
+        self.sft_factor = sft_factor
+        self.branches = MultiBranchAttentionLayer(hidden, heads, dropout, widths, length)
+        self.cross_attention = CrossAttentionLayer(hidden, heads, dropout)
+        self.fuse_hidden = nn.Linear(hidden, hidden)
+        self.fuse_dropout = nn.Dropout(dropout)
+        self.fuse_out = nn.Linear(hidden, length)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, token: torch.Tensor,
+                size_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode x [B, L, D] with key mask [B, L], shared token [1, 1, D], optional log-size
+        bias [B, L]; returns [B, L, D]."""
+        outputs = self.branches(x, mask, size_bias)  # [K, B, L, D]
+        weights = self.branch_weights(outputs, mask, token)  # [B, L, K]
+        return torch.einsum("blk,kbld->bld", weights, outputs)
+
+    def branch_weights(self, outputs: torch.Tensor, mask: torch.Tensor,
+                       token: torch.Tensor) -> torch.Tensor:
+        """Per-token softmax weights [B, L, K] of the branch outputs [K, B, L, D]."""
+        summary = self.cross_attention(token.reshape(-1), outputs, mask)  # [K, B, D]
+        hidden = self.fuse_dropout(F.relu(self.fuse_hidden(summary)))
+        logits = self.fuse_out(hidden).permute(1, 2, 0)  # [B, L, K]
+        return torch.softmax(logits / self.sft_factor, dim=-1)
