@@ -210,6 +210,13 @@ def _stamp_path(stamp_dir: Path, collection: Collection, fingerprint: str) -> Pa
     return Path(stamp_dir) / f"validated-{collection.name}-{fingerprint[:24]}.json"
 
 
+def _drop_other_stamps(keep: Path, collection: Collection) -> None:
+    """Remove this collection's stamps of earlier fingerprints."""
+    for path in keep.parent.glob(f"validated-{collection.name}-*.json"):
+        if path != keep and len(path.name) == len(keep.name):
+            path.unlink(missing_ok=True)
+
+
 def validate_collection(root, collection: str, stamp_dir=None) -> Report:
     """Validate `{root}/{collection}`; returns a Report or raises DataValidationError.
 
@@ -231,4 +238,5 @@ def validate_collection(root, collection: str, stamp_dir=None) -> Report:
     report.fingerprint = fingerprint
     if stamp is not None:
         write_json_atomic(stamp, asdict(report))
+        _drop_other_stamps(stamp, target)
     return report
