@@ -20,8 +20,10 @@ LAYER_NORM_EPS = 1e-5
 def gaussian_prior(length: int, width: float | None) -> torch.Tensor:
     """Gaussian attention prior [length, length] of spec section 2; all ones when width is None.
 
-    Row i is a Gaussian over positions linspace(0, 1, length) centred at i / length with
-    sigma = max(width, 0.01) / 9, divided by its row maximum. Raises ValueError for length < 1.
+    Row i is exp(-(p_j - c_i)^2 / (2 sigma^2)) / (sigma sqrt(2 pi)) over positions
+    p = linspace(0, 1, length), centre c_i = i / length, sigma = max(width, 0.01) / 9, divided
+    by its row maximum. The division is done in log space (the constant factor cancels), so a
+    row whose every entry would underflow still peaks at 1. Raises ValueError for length < 1.
     """
     if length < 1:
         raise ValueError(f"gaussian_prior: length must be >= 1, got {length}")
@@ -30,8 +32,8 @@ def gaussian_prior(length: int, width: float | None) -> torch.Tensor:
     centres = torch.arange(length, dtype=torch.float64).unsqueeze(1) / length  # [L, 1]
     positions = torch.linspace(0.0, 1.0, length, dtype=torch.float64).unsqueeze(0)  # [1, L]
     sigma = max(float(width), 0.01) / 9.0
-    prior = torch.exp(-(positions - centres) ** 2 / (2 * sigma ** 2)) / (sigma * math.sqrt(2 * math.pi))
-    return (prior / prior.amax(dim=1, keepdim=True)).float()  # [L, L]
+    exponent = -(positions - centres) ** 2 / (2 * sigma ** 2)  # [L, L]
+    return torch.exp(exponent - exponent.amax(dim=1, keepdim=True)).float()
 
 
 def key_mask_bias(mask: torch.Tensor) -> torch.Tensor:

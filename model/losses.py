@@ -127,7 +127,9 @@ def _check_pair(name: str, student: torch.Tensor, teacher: torch.Tensor) -> None
 
 def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
     """Pairwise Euclidean distances [Q, Q] (squared clamped at 1e-12, diagonal 0), divided by
-    the mean of the positive entries."""
+    the mean of the positive entries. Computed in float64: the Gram-matrix form of the squared
+    distance loses the 1e-12 clamp to rounding noise in float32."""
+    x = x.double()
     squared = x.pow(2).sum(dim=1)  # [Q]
     dist = (squared.unsqueeze(1) + squared.unsqueeze(0) - 2 * x @ x.t()).clamp(min=1e-12).sqrt()
     eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
@@ -142,8 +144,9 @@ def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     mean over Q^2 entries; no gradient to the teacher. Raises ValueError for mismatched shapes."""
     _check_pair("rkd_distance", student, teacher)
     with torch.no_grad():
-        target = _normalised_distances(teacher.float())
-    return F.smooth_l1_loss(_normalised_distances(student), target.to(student.dtype), beta=1.0)
+        target = _normalised_distances(teacher)
+    loss = F.smooth_l1_loss(_normalised_distances(student), target, beta=1.0)
+    return loss.to(student.dtype)
 
 
 def _triplet_angles(x: torch.Tensor) -> torch.Tensor:
