@@ -1,0 +1,129 @@
+"""The MSC network: config checks, shapes, masking, scores, init, gradients, determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import MSCConfig
+from model.layers import StackedLayerNorm, StackedLinear
+from model.losses import msc_loss
+from model.network import MSC, fused_scores, similarity
+from tests.model.batch_factory import make_batch, one_thread, tiny_config
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+
+
+def test_default_config_is_the_paper_tvr_setting():
+    cfg = MSCConfig().validate()
+    assert (cfg.hidden, cfg.heads, cfg.sft_factor, cfg.sim_thr) == (384, 4, 0.09, 0.8)
+    assert cfg.gauss_widths == (None, 0.5, 1.0, 5.0, 10.0, 3.0, 0.1, 8.0)
+    assert (cfg.rkd_d_coef, cfg.rkd_a_coef, cfg.vl_coef, cfg.hard_pool) == (15.0, 30.0, 0.1, 20)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("sim_thr", 1.5), ("sim_thr", -0.1), ("clip_tokens", "tome"), ("cbva", "on"),
+    ("heads", 5), ("rkd_a_coef", -1.0), ("vl_coef", float("nan")), ("dropout", 1.0),
+    ("sft_factor", 0.0), ("hidden", 0), ("tcp", "yes"), ("hard_pool", 0),
+    ("gauss_widths", (None, -1.0)), ("margin", -0.1), ("text_dim", 7.5),
+])
+def test_validate_names_the_bad_field(field, value):
+    with pytest.raises(ValueError, match=field if field != "heads" else "divisible"):
+        MSCConfig(**{field: value}).validate()
+
+
+def test_network_rejects_an_invalid_config():
+    with pytest.raises(ValueError, match="cbva"):
+        MSC(MSCConfig(cbva="always"))
+
+
+def test_forward_shapes_and_masked_frames_are_zero():
+    batch = make_batch(videos=3, captions=[1, 2, 2])
+    batch["frame_mask"][1, 100:] = 0
+    out = MSC(tiny_config()).eval()(batch)
+    assert out["query"].shape == (5, 32)
+    assert out["clips"].shape == (3, 32, 32) and out["frames"].shape == (3, 128, 32)
+    assert bool((out["frames"][1, 100:] == 0).all()) and bool((out["frames"][1, :100] != 0).any())
+
+
+def test_padded_query_tokens_change_nothing():
+    batch = make_batch(videos=2, captions=3, seed=4)
+    model = MSC(tiny_config()).eval()
+    reference = model.encode_queries(batch["tokens"], batch["token_mask"])
+    longest = int(batch["token_mask"].sum(1).max())
+    garbage = batch["tokens"] + 2.0 * torch.randn_like(batch["tokens"]) * (1 - batch["token_mask"]).unsqueeze(-1)
+    torch.testing.assert_close(model.encode_queries(garbage, batch["token_mask"]), reference)
+    short = model.encode_queries(batch["tokens"][:, :longest], batch["token_mask"][:, :longest])
+    torch.testing.assert_close(short, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_similarity_is_the_max_over_tokens_and_fused_is_weighted():
+    generator = torch.Generator().manual_seed(0)
+    query, clips, frames = (torch.randn(*s, generator=generator) for s in [(4, 8), (3, 5, 8), (3, 7, 8)])
+    clip_raw, frame_raw = similarity(query, clips, frames, normalize=False)
+    clip_cos, frame_cos = similarity(query, clips, frames, normalize=True)
+    for q in range(4):
+        for v in range(3):
+            assert float(clip_raw[q, v]) == pytest.approx(max(float(query[q] @ c) for c in clips[v]), rel=1e-5)
+            assert float(frame_cos[q, v]) == pytest.approx(
+                max(float(F.cosine_similarity(query[q], f, dim=0)) for f in frames[v]), rel=1e-5)
+    assert frame_raw.shape == clip_cos.shape == (4, 3)
+    cfg = MSCConfig()
+    torch.testing.assert_close(fused_scores(clip_cos, frame_cos, cfg), 0.4 * clip_cos + 0.6 * frame_cos)
+
+
+def test_initialisation():
+    model = MSC(tiny_config())
+    weights = []
+    for module in model.modules():
+        if isinstance(module, (nn.LayerNorm, StackedLayerNorm)):
+            assert bool((module.weight == 1).all()) and bool((module.bias == 0).all())
+        if isinstance(module, (nn.Linear, StackedLinear, nn.Embedding)):
+            weights.append(module.weight.detach().flatten())
+            if getattr(module, "bias", None) is not None:
+                assert bool((module.bias == 0).all())
+    std = torch.cat(weights).std()
+    assert 0.019 < float(std) < 0.021
+
+
+def _loss_and_grads(cfg, batch, seed):
+    torch.manual_seed(seed)
+    model = MSC(cfg).train()
+    total, terms = msc_loss(cfg, model(batch), batch, model, hard_negatives=False)
+    total.backward()
+    return total, terms, model
+
+
+def test_gradients_reach_every_trainable_parameter_of_full_msc():
+    cfg = tiny_config(tcp=True, cbva="adaptive")
+    batch = make_batch(videos=4, captions=2, seed=5)
+    _, terms, model = _loss_and_grads(cfg, batch, seed=0)
+    assert float(terms["segments"]) < 32
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert bool(torch.isfinite(param.grad).all()), name
+        stacked = ".branches." in name and name.startswith(("clip_block", "frame_block"))
+        per_branch = param.grad.flatten(1).abs().sum(1) if stacked else param.grad.abs().sum()
+        assert bool((per_branch > 0).all()), name
+
+
+def test_the_same_seed_gives_the_same_loss_and_gradients():
+    cfg = tiny_config()
+    batch = make_batch(videos=4, captions=[1, 2, 3, 2], seed=6)
+    first_total, _, first = _loss_and_grads(cfg, batch, seed=11)
+    second_total, _, second = _loss_and_grads(cfg, batch, seed=11)
+    assert torch.equal(first_total, second_total)
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    third_total, _, _ = _loss_and_grads(cfg, batch, seed=12)
+    assert not torch.equal(first_total, third_total)
+
+
+def test_paper_size_forward_and_backward():
+    cfg = MSCConfig(hidden=384, heads=4)
+    batch = make_batch(videos=4, captions=2, video_dim=768, text_dim=768, seed=7)
+    total, terms, model = _loss_and_grads(cfg, batch, seed=0)
+    assert bool(torch.isfinite(total))
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    assert model.clip_block.branches.qkv.weight.shape == (8, 384, 3 * 384)
