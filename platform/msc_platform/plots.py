@@ -53,12 +53,14 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _spread_panel(axis, names: Sequence[str], values: Sequence[Sequence[float]], title: str, xlabel: str) -> None:
-    """Mean ± std (error bars) per category with every seed's value as a dot."""
+def _spread_panel(axis, names: Sequence[str], values: Sequence[Sequence[float]], title: str, xlabel: str,
+                  ordered: bool = True) -> None:
+    """Mean ± std (error bars) per category with every seed's value as a dot; the means are
+    joined by a line only when the categories are `ordered` values of one factor."""
     positions = np.arange(len(names))
     means = [float(np.mean(v)) for v in values]
     stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
-    axis.errorbar(positions, means, yerr=stds, fmt="o-", capsize=4, color="tab:blue", label="mean ± std")
+    axis.errorbar(positions, means, yerr=stds, fmt="o-" if ordered else "o", capsize=4, color="tab:blue", label="mean ± std")
     for position, seed_values in zip(positions, values):
         axis.scatter([position] * len(seed_values), seed_values, s=12, color="tab:orange", zorder=3)
     axis.set_xticks(positions, list(names), rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
@@ -73,7 +75,8 @@ def _sumr(runs: list[RunRecord]) -> list[float]:
 def plot_row_sumr(groups: dict[str, list[RunRecord]], path: Path) -> Path:
     """SumR per ablation row: mean ± std over seeds and each seed as a dot."""
     figure, (axis,) = _figure(1)
-    _spread_panel(axis, list(groups), [_sumr(runs) for runs in groups.values()], "SumR per row", "row")
+    _spread_panel(axis, list(groups), [_sumr(runs) for runs in groups.values()], "SumR per row", "row",
+                  ordered=False)
     return _save(figure, path)
 
 
@@ -107,7 +110,7 @@ def plot_param_sumr(runs: list[RunRecord], keys: list[str], path: Path) -> Path:
         else:
             names = sorted({str(v) for v in values})
             grouped = [[run.metric(SUMR_METRIC) for run, v in zip(runs, values) if str(v) == name] for name in names]
-            _spread_panel(axis, names, grouped, f"SumR vs {key}", key)
+            _spread_panel(axis, names, grouped, f"SumR vs {key}", key, ordered=False)
     if not keys:
         axes[0].text(0.5, 0.5, "no parameter varies", ha="center", va="center")
     return _save(figure, path)

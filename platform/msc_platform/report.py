@@ -36,7 +36,6 @@ from msc_platform.tables import (
     ablation_table,
     complete_rows,
     diagnostics_table,
-    factor_rows,
     incomplete_table,
     sensitivity_table,
     sweep_table,

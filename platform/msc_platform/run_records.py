@@ -6,8 +6,10 @@ logged; every other run carries a `problem` string and is listed, never averaged
 """
 from __future__ import annotations
 
+import os
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ TRIAL_TAG = "msc.trial_id"
 ERROR_TAG = "error"
 SEED_PARAM = "train.seed"
 _PAGE_SIZE = 1000
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class RunLookupError(LookupError):
@@ -176,12 +179,26 @@ class RanksLoader:
         return self._cache[run_id]
 
     def _download(self, run_id: str) -> pd.DataFrame | None:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
             try:
                 path = self._client.download_artifacts(run_id, RANKS_ARTIFACT, tmp)
             except (MlflowException, OSError):
                 return None
             return pd.read_parquet(Path(path))
+
+
+@contextmanager
+def _no_progress_bar():
+    """Silence MLflow's per-download progress bar (one per run otherwise) while inside."""
+    previous = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = previous
 
 
 def metric_history(client: MlflowClient, run_id: str, name: str) -> list[tuple[int, float]]:

@@ -26,7 +26,8 @@ from msc_platform.run_records import DIAGNOSTIC_NAMES, RECALL_NAMES, SEED_PARAM,
 
 RanksFn = Callable[[str], "pd.DataFrame | None"]
 
-FACTOR_SEPARATOR = "__"  # sensitivity rows are named <factor>__<value>, e.g. sim_thr__0.8
+FACTOR_SEPARATOR = "__"  # sensitivity rows are named <factor>__<value>, e.g. sim_thr__0.6
+DEFAULT_ROW = "default"  # a sensitivity grid's shared reference point: joins every factor group
 ROW_LABELS = {
     "a_baseline": "(a) Baseline (base loss, uniform clips)",
     "b_tcp": "(b) + TCP",
@@ -47,12 +48,13 @@ IGNORED_PARAM_PREFIXES = ("tracking.",)
 
 
 def table_kind(records: Iterable[RunRecord]) -> str:
-    """'sweep' when no run has a row tag, 'sensitivity' when every row is <factor>__<value>,
-    else 'ablation'."""
+    """'sweep' when no run has a row tag, 'sensitivity' when every row is <factor>__<value>
+    (or the shared 'default' row), else 'ablation'."""
     rows = {record.row for record in records if record.row}
     if not rows:
         return "sweep"
-    if all(FACTOR_SEPARATOR in row for row in rows):
+    factor_named = {row for row in rows if FACTOR_SEPARATOR in row}
+    if factor_named and factor_named | {DEFAULT_ROW} >= rows:
         return "sensitivity"
     return "ablation"
 
@@ -154,8 +156,9 @@ def _is_qvhighlights(records: list[RunRecord]) -> bool:
 def sensitivity_table(records: list[RunRecord], ranks: RanksFn,
                       resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> pd.DataFrame:
     """Tab. 3-style table: rows grouped by factor (`<factor>__<value>` row names), one row per
-    value, each compared with its factor's default value (the value most runs of the whole grid
-    use, since the other factors' rows keep it). Raises ValueError when there is no complete row."""
+    value, each compared with its factor's default: the `default` row (which joins every group)
+    when the grid has one, else the row holding the value most runs of the grid use (the other
+    factors' rows keep the default). Raises ValueError when there is no complete row."""
     groups = complete_rows(records)
     if not groups:
         raise ValueError("no complete row to tabulate")
@@ -165,7 +168,8 @@ def sensitivity_table(records: list[RunRecord], ranks: RanksFn,
         keys = varied_keys([run for row in rows for run in groups[row]])
         values = {row: _row_value(groups[row][0], keys) for row in rows}
         order = sorted(rows, key=lambda row: _value_sort_key(values[row]))
-        base = next((row for row in order if all(groups[row][0].params.get(k) == common.get(k) for k in keys)), order[0])
+        base = DEFAULT_ROW if DEFAULT_ROW in rows else next(
+            (row for row in order if all(groups[row][0].params.get(k) == common.get(k) for k in keys)), order[0])
         frame = pd.DataFrame(_compared_rows(groups, order, base, ranks, resamples, seed))
         frame.insert(0, "group", factor + (f" ({':'.join(keys)})" if keys else ""))
         frame.insert(2, "label", [values[row] for row in order])
@@ -181,10 +185,15 @@ def _row_value(run: RunRecord, keys: list[str]) -> str:
 
 
 def factor_rows(groups: dict[str, list[RunRecord]]) -> dict[str, list[str]]:
-    """Row names grouped by their factor prefix (text before `FACTOR_SEPARATOR`)."""
+    """Row names grouped by their factor prefix (text before `FACTOR_SEPARATOR`); the
+    `default` row, when present, is added to every group."""
     factors: dict[str, list[str]] = {}
     for row in groups:
-        factors.setdefault(row.split(FACTOR_SEPARATOR, 1)[0], []).append(row)
+        if row != DEFAULT_ROW:
+            factors.setdefault(row.split(FACTOR_SEPARATOR, 1)[0], []).append(row)
+    if DEFAULT_ROW in groups:
+        for rows in factors.values():
+            rows.append(DEFAULT_ROW)
     return factors
 
 
