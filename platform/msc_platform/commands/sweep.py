@@ -1,0 +1,95 @@
+"""`msc sweep SPEC [key=value ...]`: run a Ray Tune sweep and print its best trial.
+
+Exit codes: 0 the sweep ran to the end (failed trials are listed, not fatal); 1 no trial
+finished; 2 a bad spec, override or cluster address; 3 interrupted (continue with --resume).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from msc_platform.config import ConfigError
+from msc_platform.sweep import SweepOutcome, SweepSpecError, load_sweep_spec, run_sweep
+
+EXIT_NO_TRIAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
+
+
+def register(subparsers) -> None:
+    """Add `msc sweep` to the `msc` command."""
+    parser = subparsers.add_parser(
+        "sweep", help="run a Ray Tune sweep (search space or ablation grid) from a YAML spec",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help="sweep spec YAML, e.g. experiments/sweeps/default.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="spec keys (num_samples=4) or training config keys (train.epochs=2)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster to join (host:port); default $RAY_ADDRESS, else local Ray")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the latest interrupted sweep of this spec")
+    parser.add_argument("--storage", default=None,
+                        help="results folder or URI (default: the spec's storage_path or runs/sweeps/<name>)")
+    parser.add_argument("--json", dest="json_path", default=None,
+                        help="also write the outcome as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the spec, run the sweep, print the summary; returns the exit code."""
+    try:
+        spec = load_sweep_spec(args.spec, args.overrides)
+        outcome = run_sweep(spec, address=args.address, resume=args.resume,
+                            storage=args.storage, verbose=0 if args.quiet else 1)
+    except (SweepSpecError, ConfigError, ConnectionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print_summary(outcome, spec.base.tracking.uri)
+    if args.json_path:
+        write_outcome(outcome, Path(args.json_path))
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if outcome.best_config else EXIT_NO_TRIAL
+
+
+def write_outcome(outcome: SweepOutcome, path: Path) -> None:
+    """The outcome as JSON (written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(outcome), indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_summary(outcome: SweepOutcome, configured_uri: str | None) -> None:
+    """Print every trial, the best trial's config and scores, and where to look in MLflow."""
+    print(f"\nSweep {outcome.name}: {len(outcome.trials)} trials")
+    print(f"{'trial':22s} {'status':11s} {'epochs':>6s} {'best':>8s}  config")
+    for trial in outcome.trials:
+        best = "-" if trial.best is None else f"{trial.best:8.2f}"
+        config = " ".join(f"{k}={_format(v)}" for k, v in trial.overrides.items())
+        print(f"{trial.trial_id:22s} {trial.status:11s} {trial.epochs:6d} {best:>8s}  {config}")
+        if trial.error:
+            print(f"{'':22s} error: {trial.error}")
+    if outcome.best_config:
+        print("\nBest trial config:")
+        for key, value in outcome.best_config.items():
+            print(f"  {key} = {_format(value)}")
+        scores = {k: v for k, v in outcome.best_metrics.items() if k.startswith("best/")}
+        print("Best trial scores: " + ", ".join(f"{k[5:]}={v:.2f}" for k, v in sorted(scores.items())))
+    else:
+        print("\nNo trial finished.")
+    print(f"\nMLflow: experiment '{outcome.experiment}', parent run {outcome.parent_run_id} "
+          f"(store: {configured_uri or os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')}); "
+          f"`make mlflow-ui` to compare the trials")
+    print(f"Ray Tune results: {outcome.storage_dir}")
+    if outcome.interrupted:
+        print("The sweep was interrupted: continue it with `make sweep RESUME=1` (or --resume).")

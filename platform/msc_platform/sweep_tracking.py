@@ -1,0 +1,143 @@
+"""MLflow records of a sweep: the parent run, and the status of each trial's child run at the end.
+
+The parent run (tags msc.role=sweep-parent, msc.sweep; msc.ablation in grid mode) holds the spec,
+the search space or grid, and at the end the best trial's config and scores. Child runs are
+written by the trials themselves (msc_platform.tune_trial); `settle_trial_runs` makes sure none
+is left RUNNING when the driver is done with it (a worker killed for good, a trial stopped by the
+scheduler whose thread was torn down before it could close its run).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from msc_platform.checkpoint import CheckpointError, load_checkpoint
+from msc_platform.config import to_yaml
+from msc_platform.sweep_spec import SweepSpec
+from msc_platform.tracking import RunTracker, tracking_uri
+from msc_platform.train import LAST
+
+PARENT_ROLE = "sweep-parent"
+
+
+def absolute_tracking_uri(configured: str | None = None) -> str:
+    """The tracking URI with a relative `sqlite:///file` made absolute (trials run in other folders).
+
+    Server URLs (http://, https://, databricks) are returned unchanged.
+    """
+    uri = tracking_uri(configured)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        return f"sqlite:///{path}"
+    if uri.startswith("file:") or "://" not in uri:
+        path = Path(uri[len("file:"):] if uri.startswith("file:") else uri).expanduser().resolve()
+        return path.as_uri()
+    return uri
+
+
+def _describe_space(spec: SweepSpec) -> dict[str, Any]:
+    if spec.is_grid:
+        return {"rows": spec.rows, "seeds": spec.seeds}
+    return {key: {dist.kind: dist.args} for key, dist in spec.space.items()}
+
+
+def _parent_params(spec: SweepSpec) -> dict[str, Any]:
+    params = {"sweep.mode": "grid" if spec.is_grid else "search", "sweep.metric": spec.metric,
+              "sweep.metric_mode": spec.mode, "sweep.trials": spec.total_trials,
+              "sweep.max_concurrent_trials": spec.max_concurrent_trials,
+              "sweep.seed": spec.seed, "sweep.cpus_per_trial": spec.cpus_per_trial,
+              "sweep.gpus_per_trial": spec.gpus_per_trial, "sweep.max_failures": spec.max_failures,
+              "sweep.scheduler": spec.scheduler.type, "sweep.base_config": spec.base_config.name}
+    if spec.scheduler.type == "asha":
+        params.update({"sweep.asha.grace_period": spec.scheduler.grace_period,
+                       "sweep.asha.reduction_factor": spec.scheduler.reduction_factor})
+    for key, value in _describe_space(spec).items():
+        params[f"space.{key}"] = json.dumps(value)[:500]
+    return params
+
+
+def open_parent_run(spec: SweepSpec, uri: str, run_id: str | None = None) -> RunTracker:
+    """Create the sweep's parent run (or reopen `run_id` when resuming) and describe the sweep."""
+    tags = {"msc.role": PARENT_ROLE, "msc.sweep": spec.name}
+    if spec.is_grid:
+        tags["msc.ablation"] = spec.name
+    tracker = RunTracker.open(uri, spec.mlflow_experiment, run_id=run_id, run_name=spec.name,
+                              tags=tags)
+    if run_id is None:
+        tracker.log_params(_parent_params(spec))
+        tracker.log_text(spec.path.read_text(), f"sweep/{spec.path.name}")
+        tracker.log_text(yaml.safe_dump(_describe_space(spec), sort_keys=False), "sweep/space.yaml")
+        tracker.log_text(to_yaml(spec.base), "sweep/base_config.yaml")
+    return tracker
+
+
+def finish_parent_run(tracker: RunTracker, best: dict[str, Any] | None, counts: dict[str, int],
+                      status: str) -> None:
+    """Log the best trial (config, scores, run id) and trial counts on the parent; end it with `status`."""
+    tracker.log_metrics({f"trials/{name}": float(n) for name, n in counts.items()}, step=0)
+    if best:
+        scores = {f"best/{k}": float(v) for k, v in best["metrics"].items()
+                  if isinstance(v, (int, float)) and math.isfinite(v)}
+        tracker.log_metrics(scores, step=0)
+        tracker.set_tags({"best_trial_id": best["trial_id"], "best_run_id": best["run_id"]})
+        tracker.log_json(best, "sweep/best.json")
+    tracker.finish(status)
+
+
+def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> list:
+    """Every child run of the sweep's parent run."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], max_results=10000,
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def _best_from_checkpoint(checkpoint_dir: str | None) -> dict[str, float]:
+    if not checkpoint_dir:
+        return {}
+    try:
+        return dict(load_checkpoint(Path(checkpoint_dir) / LAST).get("best_metrics") or {})
+    except CheckpointError:
+        return {}
+
+
+def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
+                      outcomes: dict[str, dict[str, Any]], wait_s: float = 10.0) -> None:
+    """End every child run the trials left RUNNING, by what Tune says happened to the trial.
+
+    outcomes: {trial_id: {"status": Tune status, "error": str | None, "checkpoint_dir": str | None}}.
+    TERMINATED -> FINISHED (best scores from the trial's last checkpoint when the run lacks them);
+    ERROR -> FAILED with tag `error`; anything else (an interrupted sweep) -> KILLED, reopened on
+    resume. Waits up to `wait_s` for trials that are still closing their runs themselves.
+    """
+    deadline = time.monotonic() + wait_s
+    pending = {tid: run for tid, run in runs_by_trial.items() if run.info.status == "RUNNING"}
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.5)
+        pending = {tid: client.get_run(run.info.run_id) for tid, run in pending.items()}
+        pending = {tid: run for tid, run in pending.items() if run.info.status == "RUNNING"}
+    for trial_id, run in pending.items():
+        _settle_one(client, run, outcomes.get(trial_id, {}))
+
+
+def _settle_one(client: MlflowClient, run, outcome: dict[str, Any]) -> None:
+    tracker = RunTracker(client, run.info.run_id)
+    status = outcome.get("status")
+    if status == "TERMINATED":
+        if "best/SumR" not in run.data.metrics:
+            best = _best_from_checkpoint(outcome.get("checkpoint_dir"))
+            if best:
+                tracker.log_metrics(best, step=int(best.get("best_epoch", 0)))
+        tracker.set_tags({"stop_reason": "the scheduler stopped the trial; run closed by the sweep driver"})
+        tracker.finish("FINISHED")
+    elif status == "ERROR":
+        tracker.finish("FAILED", error=outcome.get("error") or "the trial's worker failed")
+    else:
+        tracker.finish("KILLED", error="the sweep was interrupted; resume it to continue this run")
