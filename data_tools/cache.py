@@ -33,7 +33,8 @@ import h5py
 import numpy as np
 
 from data_tools.features import (CLIP_LEN, CLIP_TOKENS, FRAME_LEN, SETTINGS, TEXT_LEN,
-                                 check_clip_tokens, clip_tokens_of, stack_fixed_length, text_inputs)
+                                 check_clip_tokens, clip_tokens_of, one_thread, stack_fixed_length,
+                                 text_inputs)
 from data_tools.fingerprint import digest, source_fingerprint, write_json_atomic
 from data_tools.index import Index
 from data_tools.layout import Collection, feature_key
@@ -69,10 +70,11 @@ def _array_specs(videos: int, video_dim: int, tokens: int, captions: int, text_d
 
 
 class FeatureCache:
-    """A built cache, read through read-only memory maps (opened lazily, once per process).
+    """A built cache, read through read-only memory maps.
 
-    Pickling sends only the path, so DataLoader workers (fork or spawn) map the files themselves.
-    Raises ValueError when the directory is not a complete cache.
+    The maps are opened at construction and survive the directory's removal by a later rebuild;
+    forked DataLoader workers share them; pickling sends only the path (spawned workers map the
+    files themselves). Raises ValueError when the directory is not a complete cache.
     """
 
     def __init__(self, path):
@@ -84,8 +86,7 @@ class FeatureCache:
         self.index = Index.from_dict(self.manifest["index"])
         self.video_dim = int(self.manifest["video_dim"])
         self.text_dim = int(self.manifest["text_dim"])
-        self._arrays: dict[str, np.ndarray] | None = None
-        self._pid = -1
+        self._arrays = self._open_arrays()
 
     @property
     def key(self) -> str:
@@ -106,16 +107,10 @@ class FeatureCache:
     def __setstate__(self, state):
         self.__init__(state["path"])
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """name -> read-only memory map, opened on first use in this process."""
-        if self._arrays is None or self._pid != os.getpid():
-            self._arrays = {name: np.load(self.path / f"{name}.npy", mmap_mode="r")
-                            for name in self.manifest["arrays"]}
-            self._pid = os.getpid()
-        return self._arrays
-
-    def check(self) -> None:
-        """Raise ValueError when an array's dtype or shape differs from the manifest."""
+    def _open_arrays(self) -> dict[str, np.ndarray]:
+        """name -> read-only memory map; raises ValueError when an array is unreadable or its
+        dtype or shape differs from the manifest."""
+        arrays = {}
         for name, (dtype, shape) in self.manifest["arrays"].items():
             try:
                 array = np.load(self.path / f"{name}.npy", mmap_mode="r")
@@ -124,6 +119,12 @@ class FeatureCache:
             if str(array.dtype) != dtype or list(array.shape) != shape:
                 raise ValueError(f"{self.path}: {name}.npy is {array.dtype}{list(array.shape)}, "
                                  f"manifest says {dtype}{shape}")
+            arrays[name] = array
+        return arrays
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """name -> read-only memory map."""
+        return self._arrays
 
     def video(self, row: int, clip_tokens: str) -> dict[str, np.ndarray]:
         """Video keys of one video row (zero-copy views of the maps)."""
@@ -177,8 +178,9 @@ def _write_cache(directory: Path, collection: Collection, report: Report, finger
                              len(index.cap_ids), report.text_dim)
         maps = _open_maps(directory, specs)
         maps["token_offsets"][:] = np.concatenate([[0], np.cumsum(lengths)])
-        _write_videos(videos, collection, index, maps, chunk)
-        _write_texts(texts, index, maps)
+        with one_thread():
+            _write_videos(videos, collection, index, maps, chunk)
+            _write_texts(texts, index, maps)
     for array in maps.values():
         array.flush()
     del maps
@@ -231,7 +233,6 @@ def _load_if_valid(path: Path, key: str) -> FeatureCache | None:
         cache = FeatureCache(path)
         if cache.key != key:
             raise ValueError("key mismatch")
-        cache.check()
         return cache
     except (ValueError, KeyError, json.JSONDecodeError):
         shutil.rmtree(path, ignore_errors=True)

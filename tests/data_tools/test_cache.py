@@ -1,0 +1,134 @@
+"""Feature cache: contents per the spec, reuse, invalidation, atomic builds."""
+from __future__ import annotations
+
+import os
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from data_tools import cache as cache_module
+from data_tools.cache import FeatureCache, build_or_load
+from data_tools.errors import DataValidationError
+from data_tools.layout import feature_key
+from model.merge import fixed_length, l2_normalize, order_preserving_merge
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_root, tmp_path_factory) -> FeatureCache:
+    return build_or_load(tiny_root, "synthetic", tmp_path_factory.mktemp("cache"))
+
+
+def test_cache_holds_the_spec_inputs_of_every_video(tiny_root, tiny_cache):
+    """Frames normalised after fixed_length; OP-ToMe on un-normalised rows, normalised after."""
+    video_id = tiny_cache.index.video_ids[5]
+    with h5py.File(tiny_root / "synthetic/FeatureData/synthetic_clip_L14.h5", "r") as handle:
+        raw = torch.from_numpy(handle[feature_key("synthetic", video_id)][()])
+    fixed = fixed_length(raw, 128)  # [128, Dv]
+    tokens, sizes, labels = order_preserving_merge(fixed[None])
+    got = tiny_cache.video(5, "optome")
+    np.testing.assert_allclose(got["frames"], l2_normalize(fixed).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got["clips"], l2_normalize(tokens[0]).numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(got["clip_sizes"], sizes[0].numpy())
+    np.testing.assert_array_equal(got["clip_labels"], labels[0].numpy())
+    uniform = tiny_cache.video(5, "uniform")
+    np.testing.assert_array_equal(uniform["clip_labels"], np.arange(128) // 4)
+    np.testing.assert_array_equal(uniform["clip_sizes"], np.full(32, 4.0, dtype=np.float32))
+    arrays = tiny_cache.arrays()
+    assert np.all(np.diff(arrays["optome_labels"], axis=1) >= 0)
+    np.testing.assert_allclose(arrays["optome_sizes"].sum(axis=1), 128.0)
+    assert isinstance(arrays["frames"], np.memmap) and not arrays["frames"].flags.writeable
+
+
+def test_text_tokens_are_truncated_to_77_and_normalised(tmp_path):
+    from data_tools.synth import synthesize
+
+    target = synthesize(tmp_path, "long", "tiny", seed=0, train_videos=3, val_videos=2,
+                        tokens_min=70, tokens_max=90)
+    cache = build_or_load(tmp_path, "long", tmp_path / "cache")
+    with h5py.File(target.text_h5, "r") as handle:
+        lengths = [handle[cap_id].shape[0] for cap_id in cache.index.cap_ids]
+        raw = handle[cache.index.cap_ids[0]][()]
+    assert max(lengths) > 77
+    assert [cache.tokens(row).shape[0] for row in range(len(lengths))] == [min(n, 77) for n in lengths]
+    first = cache.tokens(0)
+    np.testing.assert_allclose(first, raw[:77] / (np.linalg.norm(raw[:77], axis=1, keepdims=True) + 1e-5),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_second_call_loads_without_rebuilding(tiny_root, tiny_cache):
+    stamp = (tiny_cache.path / "manifest.json").stat().st_mtime_ns
+    again = build_or_load(tiny_root, "synthetic", tiny_cache.path.parent)
+    assert again.path == tiny_cache.path
+    assert (again.path / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_a_changed_source_file_rebuilds_the_cache(tiny_copy, tmp_path):
+    cache_dir = tmp_path / "cache"
+    before = build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    with h5py.File(tiny_copy.video_h5, "a") as handle:
+        key = feature_key("synthetic", before.index.video_ids[0])
+        data = handle[key][()]
+        handle[key][...] = data[::-1]  # same shape, new content
+    after = build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    assert after.key != before.key
+    assert not np.array_equal(after.video(0, "optome")["frames"], before.video(0, "optome")["frames"])
+    assert [p.name for p in cache_dir.glob("synthetic-*")] == [after.path.name]  # stale one removed
+
+
+def test_a_changed_caption_file_or_merge_setting_gives_a_new_key(tiny_copy, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    first = build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    path = tiny_copy.caption_file("val")
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n")
+    second = build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    assert second.key != first.key and len(second.index.cap_ids) == len(first.index.cap_ids) - 1
+    monkeypatch.setitem(cache_module.SETTINGS, "optome_targets", [80, 52, 33])
+    assert cache_module.cache_key(second.fingerprint) != second.key
+
+
+def test_a_crash_mid_write_leaves_no_valid_cache(tiny_copy, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(cache_module, "_write_texts", crash)
+    with pytest.raises(KeyboardInterrupt):
+        build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    assert not list(cache_dir.glob("synthetic-*"))
+    monkeypatch.undo()
+    # a builder killed outright leaves its temporary directory; it never loads and is swept
+    dead = cache_dir / ".tmp-synthetic-999999999-deadbeef"
+    dead.mkdir()
+    (dead / "frames.npy").write_bytes(b"partial")
+    cache = build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    assert not dead.exists()
+    # a cache directory missing its manifest (or with a short array) is rebuilt, not trusted
+    (cache.path / "manifest.json").unlink()
+    assert build_or_load(tiny_copy.root, "synthetic", cache_dir).video(0, "optome")["frames"].shape == (128, 32)
+    np.save(cache.path / "frames.npy", np.zeros((1, 128, 32), dtype=np.float32))
+    rebuilt = build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    assert rebuilt.arrays()["frames"].shape[0] == len(rebuilt.index.video_ids)
+
+
+def test_bad_data_is_rejected_before_building(tiny_copy, tmp_path):
+    with h5py.File(tiny_copy.text_h5, "a") as handle:
+        del handle[sorted(handle)[0]]
+    with pytest.raises(DataValidationError, match="missing text key"):
+        build_or_load(tiny_copy.root, "synthetic", tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("synthetic-*"))
+    tiny_copy.video_h5.unlink()
+    with pytest.raises(DataValidationError, match="synthetic_clip_L14.h5: -: file not found"):
+        build_or_load(tiny_copy.root, "synthetic", tmp_path / "cache")
+
+
+def test_touching_a_source_file_counts_as_a_change(tiny_copy, tmp_path):
+    cache_dir = tmp_path / "cache"
+    first = build_or_load(tiny_copy.root, "synthetic", cache_dir)
+    later = time.time() + 5
+    os.utime(tiny_copy.text_h5, (later, later))
+    assert build_or_load(tiny_copy.root, "synthetic", cache_dir).key != first.key
