@@ -38,7 +38,7 @@ class DataConfig:
     collection: str = "synthetic"
     synthetic_preset: str | None = None  # "tiny" | "small": generate the collection on first use
     synthetic_seed: int = 0
-    cache_dir: str | None = None  # None: data_tools' default cache location
+    cache_dir: str | None = None  # feature cache; None: {root}/.cache
     num_workers: int = 0
 
     def validate(self) -> None:
@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 9527
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
     bf16: bool = False  # bf16 autocast, CUDA only
+    num_threads: int = 0  # torch CPU threads for the process; 0 keeps torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms
     eval_query_chunk: int = 512  # queries scored against all videos at a time
     eval_video_batch: int = 128  # videos encoded at a time during evaluation
@@ -71,6 +72,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the field for out-of-range values."""
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads: must be >= 0, got {self.num_threads}")
         positive = ("batch_size", "epochs", "patience", "eval_query_chunk", "eval_video_batch")
         for name in positive:
             if getattr(self, name) < 1:

@@ -4,13 +4,15 @@ Fixture names are stable; other platform tests rely on them:
 - `tiny_data_root` (session): a root holding the `synthetic` collection, preset `tiny`.
 - `mlflow_uri` (function): a SQLite tracking URI in tmp_path, also set as $MLFLOW_TRACKING_URI.
 - `tiny_config` (function): synthetic.yaml shrunk to a 2-epoch, hidden-32, 2-head CPU run on
-  `tiny_data_root`, deterministic, no progress bar.
+  `tiny_data_root`, one CPU thread, no progress bar.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from data_tools.synth import PRESETS, synthesize
 from msc_platform.config import DATA_ROOT_ENV, load_config
@@ -28,10 +30,20 @@ def tiny_data_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its schema created once (migrations take seconds)."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    """A fresh SQLite MLflow store in tmp_path; $MLFLOW_TRACKING_URI points at it."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_uri(_empty_mlflow_db, tmp_path, monkeypatch) -> str:
+    """A fresh, empty SQLite MLflow store in tmp_path; $MLFLOW_TRACKING_URI points at it."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(_empty_mlflow_db, path)
+    uri = f"sqlite:///{path}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 
@@ -45,7 +57,7 @@ def tiny_config(tiny_data_root, monkeypatch):
         f"model.text_dim={TINY.text_dim}", f"model.video_dim={TINY.video_dim}",
         "model.hidden=32", "model.heads=2", "model.hard_negative_start=1",
         "train.batch_size=8", "train.epochs=2", "train.lr=2e-3", "train.patience=5",
-        "train.device=cpu", "train.deterministic=true", "train.progress=false",
+        "train.device=cpu", "train.num_threads=1", "train.progress=false",
         "train.eval_query_chunk=7", "train.eval_video_batch=5",
         "tracking.experiment=tiny", "tracking.log_checkpoint=true",
     ]

@@ -1,0 +1,343 @@
+"""One MSC training run end to end: data, model, epochs, evaluation, checkpoints, MLflow.
+
+Epochs are 0-based: epoch e is the (e+1)-th pass over the training videos; hard negatives are on
+for epochs e >= model.hard_negative_start; MLflow metrics use step = e. `out_dir` holds
+`last.pt` (written every epoch, for resume), `best.pt` (best val SumR so far) and `ranks.parquet`
+(per-query ranks of the best evaluation).
+
+How a run ends in MLflow:
+- FINISHED: all epochs ran, early stopping triggered, or `on_epoch` raised StopTraining
+  (the caller asked for a graceful stop); best metrics and artifacts are logged.
+- FAILED (re-raised): any Exception, a non-finite loss (NonFiniteLossError) included; the
+  message is in tag `error`.
+- KILLED (re-raised): SystemExit or KeyboardInterrupt, e.g. Ray Tune stopping a trial from
+  inside `tune.report`; tag `error` says what stopped it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from model.losses import msc_loss
+from model.network import MSC
+from model.optim import build_optimizer, warmup_linear_schedule
+from msc_platform.checkpoint import load_checkpoint, save_checkpoint
+from msc_platform.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
+from msc_platform.data import TrainingData, prepare_data
+from msc_platform.device import pick_device, to_device
+from msc_platform.evaluate import autocast, evaluate
+from msc_platform.seeding import capture_rng_state, restore_rng_state, seed_everything
+from msc_platform.tracking import NullTracker, RunTracker, git_state, package_versions, tracking_uri
+
+LAST, BEST, RANKS = "last.pt", "best.pt", "ranks.parquet"
+BEST_KEYS = ("R@1", "R@5", "R@10", "R@100", "SumR", "clip/SumR", "frame/SumR",
+             "diffnorm_text", "diffnorm_video", "spearman")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message gives epoch, step and terms."""
+
+
+class StopTraining(Exception):
+    """Raised by an `on_epoch` callback to end the run early and gracefully (FINISHED)."""
+
+
+@dataclass
+class EpochReport:
+    """What `on_epoch` receives after each epoch's evaluation and checkpoint."""
+
+    epoch: int  # 0-based
+    metrics: dict[str, float]  # the epoch's MLflow metrics plus "SumR" (= val/SumR)
+    checkpoint_dir: Path  # out_dir, holding last.pt / best.pt / ranks.parquet
+    checkpoint_path: Path  # last.pt
+    run_id: str | None
+    is_best: bool
+
+
+@dataclass
+class TrainResult:
+    """The outcome of train()."""
+
+    best_sumr: float
+    best_epoch: int  # 0-based; -1 when no epoch ran
+    metrics: dict[str, float]  # best/... metrics and best_epoch, as logged at the end
+    run_id: str | None
+    checkpoint_path: Path | None  # best.pt
+    status: str  # "FINISHED"
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint restores besides the model and optimiser."""
+
+    epoch: int = -1  # last finished epoch
+    best_sumr: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+
+class _Trainer:
+    """The moving parts of one run; `train()` drives it."""
+
+    def __init__(self, cfg: ExperimentConfig, data: TrainingData, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.model = MSC(cfg.model).to(device)
+        self.optimizer = build_optimizer(self.model, cfg.train.lr, cfg.train.weight_decay)
+        self.steps_per_epoch = len(data.train)
+        total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.scheduler = warmup_linear_schedule(self.optimizer, total_steps, cfg.train.warmup)
+        self.state = _State()
+
+    def load(self, checkpoint: dict) -> None:
+        """Restore model, optimiser, schedule, counters and RNG states from a checkpoint."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.state = _State(checkpoint["epoch"], checkpoint["best_sumr"], checkpoint["best_epoch"],
+                            checkpoint["bad_epochs"], checkpoint.get("best_metrics", {}),
+                            checkpoint["history"])
+        restore_rng_state(checkpoint["rng"])
+
+    def checkpoint(self, run_id: str | None) -> dict:
+        """The full training state as a checkpoint dict (see msc_platform.checkpoint)."""
+        s = self.state
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": s.epoch,
+                "best_sumr": s.best_sumr, "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs,
+                "best_metrics": s.best_metrics, "history": s.history,
+                "config": to_dict(self.cfg), "rng": capture_rng_state(), "run_id": run_id}
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training loader; returns mean loss terms, lr, time and throughput.
+
+        Raises NonFiniteLossError at the first step whose total loss is not finite.
+        """
+        cfg = self.cfg
+        hard = epoch >= cfg.model.hard_negative_start
+        self.model.train()
+        sampler = getattr(self.data.train, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable
+        sums: dict[str, torch.Tensor] = {}
+        videos, lr, start = 0, self.optimizer.param_groups[0]["lr"], time.perf_counter()
+        bar = tqdm(self.data.train, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+                   disable=not cfg.train.progress)
+        for step, batch in enumerate(bar):
+            batch = to_device(batch, self.device)
+            with autocast(self.device, cfg.train.bf16):
+                out = self.model(batch)
+                total, terms = msc_loss(cfg.model, out, batch, self.model, hard_negatives=hard)
+            if not torch.isfinite(total):
+                shown = {k: round(float(v.detach()), 6) for k, v in terms.items()}
+                raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step}: terms {shown}")
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            videos += len(batch["video_ids"])
+            rate = videos / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{float(total.detach()):.4f}", videos_s=f"{rate:.1f}")
+        seconds = time.perf_counter() - start
+        steps = max(len(self.data.train), 1)
+        means = {key: float(value) / steps for key, value in sums.items()}
+        row = {f"loss/{key}": value for key, value in means.items() if key != "segments"}
+        row["segments"] = means.get("segments", 0.0)
+        row.update({"lr": lr, "train_time_s": seconds, "throughput_videos_s": videos / seconds})
+        return row
+
+    def evaluate(self) -> dict:
+        """Evaluation on the validation split (see msc_platform.evaluate)."""
+        return evaluate(self.model, self.data, self.cfg, device=self.device)
+
+
+def metric_name(key: str) -> str:
+    """MLflow spelling of an evaluation key: MLflow refuses '@', so "R@1" is logged as "R1"."""
+    return key.replace("R@", "R")
+
+
+def _epoch_metrics(train_row: dict, evaluation: dict, seconds: float) -> dict[str, float]:
+    """One epoch's MLflow metrics: losses, segments, val/..., diag/..., lr, times."""
+    row = dict(train_row)
+    for key, value in evaluation["metrics"].items():
+        if key.startswith(("diffnorm", "spearman")):
+            row[f"diag/{key}"] = value
+        else:
+            row[f"val/{metric_name(key)}"] = value
+    row["epoch_time_s"] = seconds
+    return row
+
+
+def _best_metrics(evaluation: dict, epoch: int) -> dict[str, float]:
+    """The best/... metrics logged at the end of the run, from the best evaluation."""
+    metrics = evaluation["metrics"]
+    best = {f"best/{metric_name(key)}": metrics[key] for key in BEST_KEYS}
+    best["best_epoch"] = float(epoch)
+    return best
+
+
+def _write_parquet_atomic(frame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _open_tracker(cfg: ExperimentConfig, run_id: str | None, parent_run_id: str | None,
+                  tags: dict[str, str] | None) -> RunTracker:
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    return RunTracker.open(tracking_uri(cfg.tracking.uri), cfg.tracking.experiment,
+                           run_id=run_id, run_name=cfg.tracking.run_name,
+                           parent_run_id=parent_run_id, tags=tags)
+
+
+def _resume_checkpoint(cfg: ExperimentConfig, out_dir: Path, resume: bool,
+                       run_id: str | None) -> dict | None:
+    """The checkpoint to resume from (None for a fresh start); checks it matches `cfg`.
+
+    Raises ConfigError when the model section differs from the checkpoint's, or when `run_id`
+    names another MLflow run than the checkpoint's.
+    """
+    path = out_dir / LAST
+    if not resume or not path.is_file():
+        return None
+    checkpoint = load_checkpoint(path)
+    if checkpoint["config"]["model"] != to_dict(cfg)["model"]:
+        raise ConfigError(f"{path}: cannot resume: the model config differs from the checkpoint's")
+    if run_id and checkpoint["run_id"] and run_id != checkpoint["run_id"]:
+        raise ConfigError(f"{path}: cannot resume: checkpoint belongs to MLflow run "
+                          f"{checkpoint['run_id']}, not {run_id}")
+    return checkpoint
+
+
+def _run_tags(cfg: ExperimentConfig, data: TrainingData, device: torch.device) -> dict[str, str]:
+    return {**git_state(), **package_versions(), "dataset": cfg.data.collection,
+            "dataset_fingerprint": data.fingerprint, "device": str(device)}
+
+
+def _relog_missing_epochs(tracker: RunTracker, history: list[dict]) -> None:
+    """Log history rows whose epoch the run lacks (a crash between checkpoint and logging)."""
+    logged = tracker.logged_steps("loss/total")
+    for epoch, row in enumerate(history):
+        if epoch not in logged:
+            tracker.log_metrics(row, step=epoch)
+
+
+def _run_epochs(trainer: _Trainer, tracker: RunTracker, out_dir: Path,
+                on_epoch: Callable[[EpochReport], Any] | None) -> None:
+    """Train from the epoch after trainer.state.epoch until the last epoch or early stopping."""
+    cfg, state = trainer.cfg, trainer.state
+    for epoch in range(state.epoch + 1, cfg.train.epochs):
+        if state.bad_epochs >= cfg.train.patience:
+            break
+        start = time.perf_counter()
+        train_row = trainer.train_epoch(epoch)
+        evaluation = trainer.evaluate()
+        row = _epoch_metrics(train_row, evaluation, time.perf_counter() - start)
+        sumr = evaluation["metrics"]["SumR"]
+        is_best = sumr > state.best_sumr
+        if is_best:
+            state.best_sumr, state.best_epoch, state.bad_epochs = sumr, epoch, 0
+            state.best_metrics = _best_metrics(evaluation, epoch)
+            _write_parquet_atomic(evaluation["ranks"], out_dir / RANKS)
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        state.history.append(row)
+        last = save_checkpoint(trainer.checkpoint(tracker.run_id), out_dir / LAST)
+        if is_best:
+            _copy_atomic(last, out_dir / BEST)
+        tracker.log_metrics(row, step=epoch)
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch, {**row, "SumR": sumr}, out_dir, last, tracker.run_id, is_best))
+
+
+def _finish(trainer: _Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult:
+    """Log best metrics and artifacts, end the run FINISHED, and build the result."""
+    state, cfg = trainer.state, trainer.cfg
+    best_path = out_dir / BEST if (out_dir / BEST).is_file() else None
+    if state.best_metrics:
+        tracker.log_metrics(state.best_metrics, step=max(state.epoch, 0))
+    tracker.log_json({"best": state.best_metrics, "epochs_run": state.epoch + 1,
+                      "history": state.history}, "metrics.json")
+    if (out_dir / RANKS).is_file():
+        tracker.log_artifact(out_dir / RANKS)
+    if best_path is not None and cfg.tracking.log_checkpoint:
+        tracker.log_artifact(best_path, "checkpoints")
+    tracker.finish("FINISHED")
+    return TrainResult(state.best_sumr, state.best_epoch, dict(state.best_metrics),
+                       tracker.run_id, best_path, "FINISHED")
+
+
+def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+          on_epoch: Callable[[EpochReport], Any] | None = None, run_id: str | None = None,
+          parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> TrainResult:
+    """Train MSC with `cfg`, evaluating after every epoch; returns the best result.
+
+    resume: continue from out_dir/last.pt when it exists (its MLflow run included), else start
+    fresh. run_id: an existing MLflow run to log into. parent_run_id: make the run a child run.
+    tags: extra MLflow tags. on_epoch(EpochReport) runs after each epoch's checkpoint; it may
+    raise StopTraining to end the run gracefully.
+    Raises ConfigError / DataValidationError for bad input before training starts,
+    NonFiniteLossError when the loss stops being finite; the MLflow run then ends FAILED.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = _resume_checkpoint(cfg, out_dir, resume, run_id)
+    run_id = checkpoint["run_id"] if checkpoint and checkpoint["run_id"] else run_id
+    tracker = _open_tracker(cfg, run_id, parent_run_id, tags)
+    try:
+        device = pick_device(cfg.train.device)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        data = prepare_data(cfg)
+        tracker.set_tags(_run_tags(cfg, data, device))
+        if not tracker.has_params():
+            tracker.log_params(flatten(cfg))
+        tracker.log_text(to_yaml(cfg), "config.yaml")
+        trainer = _Trainer(cfg, data, device)
+        if checkpoint is not None:
+            trainer.load(checkpoint)
+            _relog_missing_epochs(tracker, trainer.state.history)
+        try:
+            _run_epochs(trainer, tracker, out_dir, on_epoch)
+        except StopTraining as stop:
+            tracker.set_tags({"stop_reason": str(stop) or "StopTraining from on_epoch"})
+        return _finish(trainer, tracker, out_dir)
+    except Exception as err:
+        tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
+        raise
+    except BaseException as err:
+        tracker.finish("KILLED", error=f"stopped by {type(err).__name__}: {err}")
+        raise
