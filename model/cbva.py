@@ -18,11 +18,15 @@ def merge_segments(segments: torch.Tensor, clip_feats: torch.Tensor, sizes: torc
     """Loss-side merging: levels 20, 12, 8, 5 in turn, each video stopping at its count.
 
     A video whose count is 32 (or any level's target below its count) is left unchanged by that
-    level. Returns `(segments[B, S, D], clip_feats[B, S, Dc], sizes[B, S], labels[B, L])`.
+    level. A level merges at most (previous level - level) pairs in any video, which bounds its
+    matching rounds. Returns `(segments[B, S, D], clip_feats[B, S, Dc], sizes[B, S], labels[B, L])`.
     """
+    previous = segments.shape[1]
     for level in LOSS_LEVELS:
         target = counts.clamp(min=level)  # [B]
-        segments, clip_feats, sizes, labels = bipartite_merge(segments, clip_feats, sizes, labels, target)
+        segments, clip_feats, sizes, labels = bipartite_merge(
+            segments, clip_feats, sizes, labels, target, max_merges=max(previous - level, 0))
+        previous = level
     return segments, clip_feats, sizes, labels
 
 

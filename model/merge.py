@@ -137,18 +137,19 @@ def _edge_ranks(sim: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     return rank.masked_fill(~usable, n_a * n_b)
 
 
-def _greedy_matching(rank: torch.Tensor) -> torch.Tensor:
+def _greedy_matching(rank: torch.Tensor, rounds: int) -> torch.Tensor:
     """Greedy one-to-one matching in increasing rank, as repeated locally dominant picks.
 
     Each round takes every free edge that is the best free edge of both its ends; with distinct
-    ranks this picks exactly the edges of the sequential greedy matching, and min(Na, Nb)
-    rounds always suffice. `rank: long [B, Na, Nb]` (unusable = Na * Nb) -> bool [B, Na, Nb].
+    ranks these are exactly edges of the sequential greedy matching, and the heaviest free edge
+    is always among them, so after r rounds the r first greedy picks are all taken (min(Na, Nb)
+    rounds give the full matching). `rank: long [B, Na, Nb]` (unusable = Na * Nb) -> bool [B, Na, Nb].
     """
     _, n_a, n_b = rank.shape
     unusable = n_a * n_b
     free = rank
     matched = torch.zeros_like(rank, dtype=torch.bool)
-    for _ in range(min(n_a, n_b)):
+    for _ in range(rounds):
         best_of_a = free.amin(dim=2, keepdim=True)  # [B, Na, 1]
         best_of_b = free.amin(dim=1, keepdim=True)  # [B, 1, Nb]
         pick = (free == best_of_a) & (free == best_of_b) & (free < unusable)  # [B, Na, Nb]
@@ -212,7 +213,7 @@ def _weighted_merge(values, sizes_a, sizes_b, index_a, index_b, with_partner, sl
     return torch.where(slot_valid.unsqueeze(-1), merged, torch.zeros_like(merged))
 
 
-def _check_bipartite_inputs(x, metric, sizes, labels, target) -> None:
+def _check_bipartite_inputs(x, metric, sizes, labels, target, max_merges) -> None:
     """Raise ValueError naming the argument whose shape does not fit bipartite_merge."""
     _require(x.dim() == 3, f"bipartite_merge: x must be [B, N, D], got shape {tuple(x.shape)}")
     batch, length, _ = x.shape
@@ -225,10 +226,11 @@ def _check_bipartite_inputs(x, metric, sizes, labels, target) -> None:
     if isinstance(target, torch.Tensor):
         _require(target.dim() == 0 or tuple(target.shape) == (batch,),
                  f"bipartite_merge: target must be an int or a [{batch}] tensor, got shape {tuple(target.shape)}")
+    _require(max_merges is None or max_merges >= 0, f"bipartite_merge: max_merges must be >= 0, got {max_merges}")
 
 
 def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor,
-                    target):
+                    target, max_merges: int | None = None):
     """One loss-side merging level of spec 4.3 step 3 on every video of the batch.
 
     A = even, B = odd positions among each video's valid tokens (sizes > 0, stored first; padding
@@ -239,9 +241,11 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
     their order. Frames are relabelled. A video whose target is >= its valid count is unchanged.
     Shapes stay static: `x[B, N, D], metric[B, N, Dm], sizes[B, N], labels[B, F]` in, the same
     shapes out, padding slots with size 0 and zero values. `target`: int or long tensor [B].
-    Raises ValueError for mismatched shapes.
+    `max_merges` (a Python int) promises that no video merges more pairs than that; it caps the
+    matching rounds (default: min(Na, Nb), the full matching). Raises ValueError for mismatched
+    shapes or a max_merges below 0.
     """
-    _check_bipartite_inputs(x, metric, sizes, labels, target)
+    _check_bipartite_inputs(x, metric, sizes, labels, target, max_merges)
     valid = sizes > 0  # [B, N]
     target = torch.as_tensor(target, device=x.device).expand(x.shape[0])  # [B]
     unit = F.normalize(metric.detach(), dim=-1)  # [B, N, Dm]
@@ -249,7 +253,8 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
     usable = valid[:, 0::2].unsqueeze(2) & valid[:, 1::2].unsqueeze(1)  # [B, Na, Nb]
     rank = _edge_ranks(sim, usable)
     quota = (valid.sum(dim=1) - target).clamp(min=0)  # [B]
-    merges = _heaviest_edges(rank, _greedy_matching(rank), quota)  # [B, Na, Nb]
+    rounds = min(rank.shape[1], rank.shape[2], rank.shape[1] if max_merges is None else max_merges)
+    merges = _heaviest_edges(rank, _greedy_matching(rank, rounds), quota)  # [B, Na, Nb]
     partner, has_partner, source, slot_valid, new_of_old = _merge_plan(merges, valid)
     index_b = partner.gather(1, source)  # [B, N]
     with_partner = has_partner.gather(1, source) & slot_valid  # [B, N]

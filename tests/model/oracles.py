@@ -186,8 +186,8 @@ def frame_to_segment(frames: torch.Tensor, segments: torch.Tensor, labels: list)
         exps = (sims - sims.max().detach()).exp()
         own = [k for k in range(len(exps)) if k == label]
         others = [k for k in range(len(exps)) if k != label]
-        pos = sum(exps[k] for k in own) / (len(own) + 1e-8)
-        neg = sum(exps[k] for k in others) / (len(others) + 1e-8)
+        pos = exps[own].sum() / (len(own) + 1e-8)
+        neg = exps[others].sum() / (len(others) + 1e-8)
         total = total - torch.log(pos / (pos + neg + 1e-8))
     return total / len(labels)
 
@@ -201,8 +201,8 @@ def segment_to_frame(frames: torch.Tensor, segments: torch.Tensor, labels: list)
         exps = (sims - sims.max().detach()).exp()
         own = [f for f, label in enumerate(labels) if label == k]
         others = [f for f, label in enumerate(labels) if label != k]
-        pos = sum(exps[f] for f in own) / (len(own) + 1e-8)
-        neg = sum(exps[f] for f in others) / (len(others) + 1e-8)
+        pos = exps[own].sum() / (len(own) + 1e-8)
+        neg = exps[others].sum() / (len(others) + 1e-8)
         total = total - torch.log(pos / (pos + neg))
     return total / segments.shape[0]
 

@@ -117,6 +117,8 @@ def test_bipartite_merge_matches_greedy_oracle(ties):
         fast = merge.bipartite_merge(x, metric, sizes, labels, targets)
         slow = oracles.bipartite_merge_batch(x, metric, sizes, labels, targets.tolist())
         _assert_same_merge(fast, slow)
+        quota = int(((sizes > 0).sum(dim=1) - targets).max())  # rounds enough for the first picks
+        _assert_same_merge(merge.bipartite_merge(x, metric, sizes, labels, targets, max_merges=quota), slow)
 
 
 def test_bipartite_merge_odd_length_and_int_target():
