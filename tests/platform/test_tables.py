@@ -9,7 +9,7 @@ import pytest
 
 from msc_platform.bootstrap import paired_bootstrap_p
 from msc_platform.report import write_report
-from msc_platform.run_records import RanksLoader, RunLookupError, collect_runs, metric_key
+from msc_platform.run_records import RanksLoader, RunLookupError, RunRecord, collect_runs, metric_key
 from msc_platform.table_render import main_display, to_latex, to_markdown
 from msc_platform.tables import ablation_table, incomplete_table, sensitivity_table, sweep_table, table_kind
 from tests.platform.mlflow_runs import log_trial, new_store, ranks_frame, recalls_from_ranks, start_parent
@@ -152,20 +152,23 @@ def test_metric_key_accepts_every_spelling_of_at():
     assert metric_key("best/R@10") != metric_key("best/R@1")
 
 
-@pytest.fixture(scope="module")
-def sensitivity_store(tmp_path_factory):
-    """Two factors around the default (sim_thr 0.8, vl_coef 0.1), two seeds each."""
-    client = new_store(tmp_path_factory.mktemp("mlflow"))
-    uri = client.tracking_uri
-    experiment_id, parent = start_parent(client, "sensitivity", "sensitivity")
-    rows = {"sim_thr__0.9": ("0.9", "0.1"), "sim_thr__0.8": ("0.8", "0.1"), "sim_thr__0.6": ("0.6", "0.1"),
-            "vl_coef__0.1": ("0.8", "0.1"), "vl_coef__0.5": ("0.8", "0.5")}
+def _sensitivity_runs(rows: dict[str, tuple[str, str]], make) -> None:
+    """Two seeds per row; every metric of row i and seed s is 10 * i + s."""
     for index, (row, (sim_thr, vl_coef)) in enumerate(rows.items()):
         for seed in (1, 2):
-            best = {name: 10.0 * index + seed for name in ("R@1", "R@5", "R@10", "R@100", "SumR")}
-            log_trial(client, experiment_id, parent, row=row, seed=seed, best=best,
-                      params={"model.sim_thr": sim_thr, "model.vl_coef": vl_coef, "train.seed": str(seed)})
-    return uri, client, parent
+            make(row=row, seed=seed, best={name: 10.0 * index + seed for name in ("R@1", "R@5", "R@10", "R@100", "SumR")},
+                 params={"model.sim_thr": sim_thr, "model.vl_coef": vl_coef, "train.seed": str(seed)})
+
+
+@pytest.fixture(scope="module")
+def sensitivity_store(tmp_path_factory):
+    """Two factors around a shared `default` row (sim_thr 0.8, vl_coef 0.1), two seeds each."""
+    client = new_store(tmp_path_factory.mktemp("mlflow"))
+    experiment_id, parent = start_parent(client, "sensitivity", "sensitivity")
+    rows = {"sim_thr__0.9": ("0.9", "0.1"), "default": ("0.8", "0.1"), "sim_thr__0.6": ("0.6", "0.1"),
+            "vl_coef__0.5": ("0.8", "0.5")}
+    _sensitivity_runs(rows, lambda **kw: log_trial(client, experiment_id, parent, **kw))
+    return client.tracking_uri, client, parent
 
 
 def test_sensitivity_table_groups_by_factor_one_row_per_value(sensitivity_store, tmp_path):
@@ -174,13 +177,32 @@ def test_sensitivity_table_groups_by_factor_one_row_per_value(sensitivity_store,
     assert table_kind(records) == "sensitivity"
     table = sensitivity_table(records, lambda run_id: None, resamples=10)
     assert list(table["group"]) == ["sim_thr (model.sim_thr)"] * 3 + ["vl_coef (model.vl_coef)"] * 2
+    assert list(table["row"]) == ["sim_thr__0.6", "default", "sim_thr__0.9", "default", "vl_coef__0.5"]
     assert list(table["label"]) == ["0.6", "0.8", "0.9", "0.1", "0.5"]
-    assert list(table["is_baseline"]) == [False, True, False, True, False]  # the default values
-    assert table["SumR_mean"].tolist() == pytest.approx([21.5, 11.5, 1.5, 31.5, 41.5])
-    assert table["delta_SumR"].tolist() == pytest.approx([10.0, 0.0, -10.0, 0.0, 10.0])
+    assert list(table["is_baseline"]) == [False, True, False, True, False]
+    assert table["SumR_mean"].tolist() == pytest.approx([21.5, 11.5, 1.5, 11.5, 31.5])
+    assert table["delta_SumR"].tolist() == pytest.approx([10.0, 0.0, -10.0, 0.0, 20.0])
     write_report("sensitivity", tmp_path, tracking_uri=uri, parent_run_id=parent, resamples=10)
     latex = (tmp_path / "results.tex").read_text()
     assert latex.count("\\midrule") == 2  # under the header and between the two factors
+    assert (tmp_path / "sumr_by_factor.png").stat().st_size > 0
+
+
+def test_sensitivity_without_default_row_compares_with_the_most_common_value():
+    records = []
+    rows = {"sim_thr__0.9": ("0.9", "0.1"), "sim_thr__0.8": ("0.8", "0.1"), "vl_coef__0.1": ("0.8", "0.1"),
+            "vl_coef__0.5": ("0.8", "0.5"), "vl_coef__0.2": ("0.8", "0.2")}
+    _sensitivity_runs(rows, lambda **kw: records.append(_record(**kw)))
+    table = sensitivity_table(records, lambda run_id: None, resamples=10)
+    assert list(table["row"]) == ["sim_thr__0.8", "sim_thr__0.9", "vl_coef__0.1", "vl_coef__0.2", "vl_coef__0.5"]
+    assert list(table["is_baseline"]) == [True, False, True, False, False]
+    assert table["delta_SumR"].tolist() == pytest.approx([0.0, -10.0, 0.0, 20.0, 10.0])
+
+
+def _record(row: str, seed: int, best: dict, params: dict) -> RunRecord:
+    return RunRecord(run_id=f"{row}-{seed}", run_name=row, status="FINISHED", start_time=0, parent_run_id="p",
+                     row=row, seed=seed, trial_id=None, params=params,
+                     metrics={metric_key(f"best/{name}"): value for name, value in best.items()})
 
 
 def test_plain_sweep_has_one_row_per_trial(tmp_path):
