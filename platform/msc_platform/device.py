@@ -19,3 +19,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
     """The batch with every tensor moved to `device` (lists of ids untouched)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()}
+
+
+def apply_threads(count: int) -> None:
+    """Set torch's CPU thread count for this process (0 keeps the current setting)."""
+    if count:
+        torch.set_num_threads(count)

@@ -18,7 +18,7 @@ from model.network import MSC, fused_scores, similarity
 from msc_platform.checkpoint import load_checkpoint
 from msc_platform.config import apply_overrides, from_dict, resolve_data_root
 from msc_platform.data import prepare_data
-from msc_platform.device import pick_device, to_device
+from msc_platform.device import apply_threads, pick_device, to_device
 
 KS = (1, 5, 10, 100)
 BRANCHES = ("fused", "clip", "frame")
@@ -193,6 +193,7 @@ def evaluate_checkpoint(path, *, overrides: list[str] | None = None,
     checkpoint = load_checkpoint(path, required=("model", "config", "epoch"))
     cfg = config_from_checkpoint(checkpoint, str(path), overrides, data_root)
     target = pick_device(device or cfg.train.device)
+    apply_threads(cfg.train.num_threads)
     model = MSC(cfg.model)
     model.load_state_dict(checkpoint["model"])
     result = evaluate(model.to(target), prepare_data(cfg), cfg, device=target)

@@ -33,7 +33,7 @@ from model.optim import build_optimizer, warmup_linear_schedule
 from msc_platform.checkpoint import load_checkpoint, save_checkpoint
 from msc_platform.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from msc_platform.data import TrainingData, prepare_data
-from msc_platform.device import pick_device, to_device
+from msc_platform.device import apply_threads, pick_device, to_device
 from msc_platform.evaluate import autocast, evaluate
 from msc_platform.seeding import capture_rng_state, restore_rng_state, seed_everything
 from msc_platform.tracking import NullTracker, RunTracker, git_state, package_versions, tracking_uri
@@ -318,8 +318,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
     tracker = _open_tracker(cfg, run_id, parent_run_id, tags)
     try:
         device = pick_device(cfg.train.device)
-        if cfg.train.num_threads:
-            torch.set_num_threads(cfg.train.num_threads)
+        apply_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         data = prepare_data(cfg)
         tracker.set_tags(_run_tags(cfg, data, device))

@@ -135,3 +135,26 @@ def test_resume_refuses_a_different_model(tiny_config, tmp_path):
                      "rng": {}, "run_id": None, "history": []}, tmp_path / "last.pt")
     with pytest.raises(ConfigError, match="last.pt: cannot resume: the model config differs"):
         train(apply_overrides(tiny_config, {"tracking.enabled": False}), tmp_path, resume=True)
+
+
+def test_msc_train_prints_the_resolved_config_and_rejects_bad_input(tiny_data_root, capsys):
+    import argparse
+
+    import yaml
+
+    from msc_platform.commands.train import register
+
+    parser = argparse.ArgumentParser(prog="msc")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    def msc(*argv: str) -> int:
+        args = parser.parse_args(list(argv))
+        return args.func(args)
+
+    assert msc("train", "--print-config", "--data-root", str(tiny_data_root), "model.cbva=off") == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["cbva"] == "off" and printed["data"]["root"] == str(tiny_data_root)
+    assert msc("train", "train.epochs=zero") == 2
+    assert "train.epochs: expected int, got 'zero'" in capsys.readouterr().err
+    assert msc("train", "--resume") == 2
+    assert "--resume needs --out" in capsys.readouterr().err
