@@ -17,6 +17,7 @@ __all__ = ["video_nce", "triplet_loss", "rkd_distance", "rkd_angle", "cbva_loss"
            "sample_t2v_negatives", "sample_v2t_negatives", "triplet_from_negatives"]
 
 FIXED_SEGMENTS = 32
+ANGLE_ZERO_RATIO = 1e-12
 
 
 def _check_scores(name: str, scores: torch.Tensor, labels: torch.Tensor) -> None:
@@ -150,9 +151,23 @@ def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 
 def _triplet_angles(x: torch.Tensor) -> torch.Tensor:
-    """cos of the angle at a between b and c for every ordered triple: [Q, Q, Q] (a, b, c)."""
-    directions = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), dim=2)  # [a, b, D] = n(x_b - x_a)
-    return directions @ directions.transpose(1, 2)  # [a, b, c]
+    """cos of the angle at a between b and c for every ordered triple: [Q, Q, Q] (a, b, c).
+
+    <n(x_b - x_a), n(x_c - x_a)> from the Gram matrix G of the centred points (angles do not
+    change under translation): (G_bc - G_ab - G_ac + G_aa) / (|x_b - x_a| |x_c - x_a|), so no
+    [Q, Q, D] difference tensor is built. The [Q, Q] parts are computed in float64; a
+    difference vector shorter than 1e-6 of the points' norms counts as zero (its cosines are 0).
+    """
+    centred = (x - x.mean(dim=0, keepdim=True)).double()
+    gram = centred @ centred.t()  # [Q, Q]
+    norms = gram.diagonal()  # [Q], squared norms
+    scale = norms.unsqueeze(1) + norms.unsqueeze(0)  # [a, b]
+    squared = (scale - 2 * gram).clamp(min=0.0)  # [a, b], |x_b - x_a|^2
+    zero = squared <= ANGLE_ZERO_RATIO * scale
+    inverse = torch.where(zero, torch.zeros_like(squared), squared.clamp(min=1e-300).rsqrt())
+    gram, norms, inverse = gram.to(x.dtype), norms.to(x.dtype), inverse.to(x.dtype)
+    dots = gram.unsqueeze(0) - gram.unsqueeze(2) - gram.unsqueeze(1) + norms[:, None, None]
+    return dots * inverse.unsqueeze(2) * inverse.unsqueeze(1)  # [a, b, c]
 
 
 def rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
