@@ -119,7 +119,7 @@ class FeatureCache:
             if str(array.dtype) != dtype or list(array.shape) != shape:
                 raise ValueError(f"{self.path}: {name}.npy is {array.dtype}{list(array.shape)}, "
                                  f"manifest says {dtype}{shape}")
-            arrays[name] = array
+            arrays[name] = np.asarray(array)  # plain ndarray view of the map: cheaper slicing
         return arrays
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -188,6 +188,16 @@ class Loaders:
     source: FeatureCache | H5Source
 
     @property
+    def val_videos(self) -> DataLoader:
+        """Alias of `videos` (the name msc_platform uses)."""
+        return self.videos
+
+    @property
+    def val_queries(self) -> DataLoader:
+        """Alias of `queries` (the name msc_platform uses)."""
+        return self.queries
+
+    @property
     def video_dim(self) -> int:
         return int(self.videos.dataset[0]["frames"].shape[-1])
 
