@@ -66,7 +66,7 @@ class TrainConfig:
     bf16: bool = False  # bf16 autocast, CUDA only
     num_threads: int = 0  # torch CPU threads for the process; 0 keeps torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    eval_query_chunk: int = 512  # queries scored against all videos at a time
+    eval_query_chunk: int = 256  # queries scored against all videos at a time
     eval_video_batch: int = 128  # videos encoded at a time during evaluation
     progress: bool = True  # tqdm progress bar
 

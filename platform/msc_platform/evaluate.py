@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from model.config import MSCConfig
 from model.metrics import diff_norm, gt_ranks, recall_from_ranks, spearman_collapse
@@ -91,10 +92,12 @@ def rank_chunks(queries: EncodedQueries, videos: EncodedVideos, cfg: MSCConfig,
         raise ValueError(f"query video_index out of range [0, {n_videos}): "
                          f"min {int(index.min())}, max {int(index.max())}")
     ranks = {branch: [] for branch in BRANCHES}
+    # cosine = dot product of unit vectors: normalise once here, not once per chunk
+    clips, frames = F.normalize(videos.clips, dim=-1), F.normalize(videos.frames, dim=-1)
     for start in range(0, index.numel(), chunk):
-        q = queries.query[start:start + chunk]  # [q, D]
+        q = F.normalize(queries.query[start:start + chunk], dim=-1)  # [q, D]
         gt = index[start:start + chunk]  # [q]
-        clip_scores, frame_scores = similarity(q, videos.clips, videos.frames, normalize=True)  # [q, V]
+        clip_scores, frame_scores = similarity(q, clips, frames, normalize=False)  # [q, V]
         scores = {"fused": fused_scores(clip_scores, frame_scores, cfg),
                   "clip": clip_scores, "frame": frame_scores}
         for branch in BRANCHES:
