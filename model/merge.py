@@ -200,17 +200,27 @@ def _merge_plan(merges: torch.Tensor, valid: torch.Tensor):
 
 
 def _gather_tokens(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """`values[B, N, D]` rows picked by `index[B, N]` -> [B, N, D]."""
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+    """`values[B, N, D]` rows picked per video by `index[B, M]` -> [B, M, D] (one index_select)."""
+    batch, length, dim = values.shape
+    offsets = torch.arange(batch, device=index.device).unsqueeze(1) * length  # [B, 1]
+    rows = values.reshape(batch * length, dim).index_select(0, (index + offsets).reshape(-1))
+    return rows.reshape(batch, index.shape[1], dim)
 
 
-def _weighted_merge(values, sizes_a, sizes_b, index_a, index_b, with_partner, slot_valid):
-    """Size-weighted mean of the tokens feeding each new slot; empty slots hold zeros."""
-    value_a, value_b = _gather_tokens(values, index_a), _gather_tokens(values, index_b)  # [B, N, D]
-    total = torch.where(with_partner, sizes_a + sizes_b, torch.ones_like(sizes_a)).unsqueeze(-1)
-    mean = (value_a * sizes_a.unsqueeze(-1) + value_b * sizes_b.unsqueeze(-1)) / total
-    merged = torch.where(with_partner.unsqueeze(-1), mean, value_a)
-    return torch.where(slot_valid.unsqueeze(-1), merged, torch.zeros_like(merged))
+def _weighted_merge(values, index_a, index_b, weight_a, weight_b):
+    """New tokens `weight_a * values[a] + weight_b * values[b]` per slot -> [B, N, D]."""
+    return (_gather_tokens(values, index_a) * weight_a.unsqueeze(-1)
+            + _gather_tokens(values, index_b) * weight_b.unsqueeze(-1))
+
+
+def _merge_weights(sizes_a, sizes_b, slot_valid):
+    """Size-weighted mean coefficients of the two tokens feeding each slot; 0 for empty slots.
+
+    A slot without partner has `sizes_b = 0`, so its token is copied exactly (weight 1, 0).
+    """
+    total = torch.where(slot_valid, sizes_a + sizes_b, torch.ones_like(sizes_a))  # [B, N]
+    zero = torch.zeros_like(sizes_a)
+    return torch.where(slot_valid, sizes_a / total, zero), torch.where(slot_valid, sizes_b / total, zero)
 
 
 def _check_bipartite_inputs(x, metric, sizes, labels, target, max_merges) -> None:
@@ -260,8 +270,9 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
     with_partner = has_partner.gather(1, source) & slot_valid  # [B, N]
     sizes_a = sizes.gather(1, source)
     sizes_b = torch.where(with_partner, sizes.gather(1, index_b), torch.zeros_like(sizes_a))
-    new_x = _weighted_merge(x, sizes_a, sizes_b, source, index_b, with_partner, slot_valid)
-    new_metric = _weighted_merge(metric, sizes_a, sizes_b, source, index_b, with_partner, slot_valid)
+    weight_a, weight_b = _merge_weights(sizes_a, sizes_b, slot_valid)  # [B, N] each
+    new_x = _weighted_merge(x, source, index_b, weight_a, weight_b)
+    new_metric = _weighted_merge(metric, source, index_b, weight_a, weight_b)
     new_sizes = torch.where(slot_valid, sizes_a + sizes_b, torch.zeros_like(sizes_a))
     return new_x, new_metric, new_sizes, new_of_old.gather(1, labels)
 

@@ -1,0 +1,130 @@
+"""`make bench` section: the batched merge ops and CBVA against their per-video loop oracles.
+
+Rows: `ops_speedup_vs_loop_b128` (closure + segment count + loss-side merging + CBVA forward and
+backward, loop oracle time / batched time), `aten_ops_b8`, `aten_ops_b64` (ATen ops dispatched
+by the batched forward) and `aten_ops_equal` (the op count does not grow with the batch).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from model.cbva import cbva_loss
+from model.merge import closure_ratio, l2_normalize, order_preserving_merge, segment_count
+from tests.model import oracles
+
+HIDDEN, CLIP_DIM, FRAMES, SEGMENTS = 384, 768, 128, 32
+SIM_THR = 0.8
+SPEEDUP_TARGET = 50.0
+
+
+def _clip_features(gen: torch.Generator, batch: int) -> torch.Tensor:
+    """Clip features whose similarity structure spreads the segment counts over {5, .., 32}:
+    per video one tight cluster of a random number of tokens, the rest random directions."""
+    feats = torch.randn(batch, SEGMENTS, CLIP_DIM, generator=gen)
+    centres = torch.randn(batch, 1, CLIP_DIM, generator=gen)
+    members = torch.randint(1, SEGMENTS + 1, (batch, 1), generator=gen)
+    in_cluster = torch.rand(batch, SEGMENTS, generator=gen).argsort(dim=1) < members  # [B, 32]
+    tight = centres + 0.05 * torch.randn(batch, SEGMENTS, CLIP_DIM, generator=gen)
+    return l2_normalize(torch.where(in_cluster.unsqueeze(-1), tight, feats))
+
+
+def make_inputs(batch: int, seed: int = 0) -> dict:
+    """Paper-sized inputs: projected frames [B, 128, 384], segments [B, 32, 384], OP-ToMe layout."""
+    gen = torch.Generator().manual_seed(seed)
+    _, sizes, labels = order_preserving_merge(torch.randn(batch, FRAMES, 16, generator=gen))
+    return dict(frames=0.1 * torch.randn(batch, FRAMES, HIDDEN, generator=gen),
+                segments=0.1 * torch.randn(batch, SEGMENTS, HIDDEN, generator=gen),
+                labels=labels, sizes=sizes, clip_feats=_clip_features(gen, batch))
+
+
+def batched_step(inputs: dict, backward: bool = True) -> torch.Tensor:
+    """Adaptive CBVA with the batched ops: omega, counts, merging, both terms (and backward)."""
+    frames = inputs["frames"].detach().requires_grad_(backward)
+    segments = inputs["segments"].detach().requires_grad_(backward)
+    counts = segment_count(closure_ratio(inputs["clip_feats"], SIM_THR))
+    loss, _ = cbva_loss(frames, segments, inputs["labels"], inputs["sizes"], inputs["clip_feats"], counts)
+    if backward:
+        loss.backward()
+    return loss.detach()
+
+
+def loop_step(inputs: dict) -> torch.Tensor:
+    """The same step with the per-video loop oracles of tests/model/oracles.py."""
+    frames = inputs["frames"].detach().requires_grad_(True)
+    segments = inputs["segments"].detach().requires_grad_(True)
+    counts = torch.tensor([oracles.segment_count(oracles.closure_ratio(video, SIM_THR))
+                           for video in inputs["clip_feats"]])
+    loss, _ = oracles.cbva_loss(frames, segments, inputs["labels"], inputs["sizes"], inputs["clip_feats"], counts)
+    loss.backward()
+    return loss.detach()
+
+
+def _seconds(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts every ATen op that reaches the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def aten_op_count(batch: int) -> int:
+    """ATen ops dispatched by one batched forward (closure + counts + merging + CBVA)."""
+    inputs = make_inputs(batch)
+    with _OpCounter() as counter:
+        batched_step(inputs, backward=False)
+    return counter.count
+
+
+def _row(name, value, unit, target=None, ok=None, note="") -> dict:
+    return {"name": name, "value": value, "unit": unit, "target": target, "ok": ok, "note": note}
+
+
+def run(quick: bool) -> list[dict]:
+    """Bench rows of this section, timed on one intra-op thread (both sides alike: the shared
+    2-core machine makes multi-threaded kernels erratic); `quick` uses B=16 instead of 128."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _measure(16 if quick else 128, quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(batch: int, quick: bool) -> list[dict]:
+    """Time the batched and loop steps at `batch` videos and count ATen ops at B=8 and B=64."""
+    inputs = make_inputs(batch)
+    fast_s = _seconds(lambda: batched_step(inputs), repeats=3 if quick else 10)
+    start = time.perf_counter()
+    loop_loss = loop_step(inputs)
+    loop_s = time.perf_counter() - start
+    gap = float((batched_step(inputs) - loop_loss).abs())
+    speedup = loop_s / fast_s
+    ops_small, ops_large = aten_op_count(8), aten_op_count(64)
+    note = (f"B={batch}, D={HIDDEN}, Dc={CLIP_DIM}; batched {fast_s * 1e3:.1f} ms, loop {loop_s:.2f} s, "
+            f"|loss gap| {gap:.1e}; {torch.get_num_threads()} threads")
+    return [
+        _row("ops_speedup_vs_loop_b128", speedup, "x", f">= {SPEEDUP_TARGET:g}", speedup >= SPEEDUP_TARGET, note),
+        _row("ops_batched_ms_b128", fast_s * 1e3, "ms", note=f"B={batch}, forward + backward"),
+        _row("aten_ops_b8", ops_small, "ops", note="forward: closure + counts + merging + CBVA"),
+        _row("aten_ops_b64", ops_large, "ops", "= b8", ops_large == ops_small),
+        _row("aten_ops_equal", ops_small == ops_large, "bool", "True", ops_small == ops_large),
+    ]
