@@ -9,8 +9,10 @@ import torch.nn.functional as F
 
 from model.layers import (GaussianMixtureBlock, InputProjection, MultiBranchAttentionLayer,
                           PositionalEmbedding, gaussian_prior)
+from tests.model.batch_factory import one_thread
 from tests.model.loss_oracles import gaussian_prior_loop
 
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 WIDTHS = (None, 0.5, 1.0, 5.0, 10.0, 3.0, 0.1, 8.0)
 
 

@@ -7,7 +7,10 @@ import torch
 from scipy.stats import spearmanr
 
 from model.metrics import diff_norm, gt_ranks, recall_at_k, recall_from_ranks, spearman_collapse
+from tests.model.batch_factory import one_thread
 from tests.model.loss_oracles import diff_norm_loop, gt_ranks_loop
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def test_gt_ranks_match_the_sorting_oracle_with_ties():

@@ -7,8 +7,10 @@ from torch import nn
 
 from model.network import MSC
 from model.optim import BertAdam, build_optimizer, no_decay_parameter_names, warmup_linear_schedule
-from tests.model.batch_factory import tiny_config
+from tests.model.batch_factory import one_thread, tiny_config
 from tests.model.loss_oracles import bert_adam_loop
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 class TinyNet(nn.Module):
