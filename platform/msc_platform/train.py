@@ -119,42 +119,51 @@ class _Trainer:
                 "best_metrics": s.best_metrics, "history": s.history,
                 "config": to_dict(self.cfg), "rng": capture_rng_state(), "run_id": run_id}
 
+    def train_step(self, batch: dict, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        """One optimiser update on `batch`; returns the detached loss terms.
+
+        Raises NonFiniteLossError when the total loss is NaN or infinite (before the update).
+        """
+        cfg = self.cfg
+        batch = to_device(batch, self.device)
+        with autocast(self.device, cfg.train.bf16):
+            out = self.model(batch)
+            total, terms = msc_loss(cfg.model, out, batch, self.model,
+                                    hard_negatives=epoch >= cfg.model.hard_negative_start)
+        if not torch.isfinite(total):
+            shown = {k: round(float(v.detach()), 6) for k, v in terms.items()}
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step}: terms {shown}")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {key: value.detach().float() for key, value in terms.items()}
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training loader; returns mean loss terms, lr, time and throughput.
 
         Raises NonFiniteLossError at the first step whose total loss is not finite.
         """
-        cfg = self.cfg
-        hard = epoch >= cfg.model.hard_negative_start
         self.model.train()
         sampler = getattr(self.data.train, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable
         sums: dict[str, torch.Tensor] = {}
-        videos, lr, start = 0, self.optimizer.param_groups[0]["lr"], time.perf_counter()
+        videos, steps, start = 0, 0, time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(self.data.train, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
-                   disable=not cfg.train.progress)
+                   disable=not self.cfg.train.progress)
         for step, batch in enumerate(bar):
-            batch = to_device(batch, self.device)
-            with autocast(self.device, cfg.train.bf16):
-                out = self.model(batch)
-                total, terms = msc_loss(cfg.model, out, batch, self.model, hard_negatives=hard)
-            if not torch.isfinite(total):
-                shown = {k: round(float(v.detach()), 6) for k, v in terms.items()}
-                raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step}: terms {shown}")
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            terms = self.train_step(batch, epoch, step)
             for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
-            videos += len(batch["video_ids"])
-            rate = videos / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(loss=f"{float(total.detach()):.4f}", videos_s=f"{rate:.1f}")
+                sums[key] = sums.get(key, 0.0) + value
+            videos, steps = videos + len(batch["video_ids"]), steps + 1
+            if self.cfg.train.progress:
+                rate = videos / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{float(terms['total']):.4f}", videos_s=f"{rate:.1f}")
         seconds = time.perf_counter() - start
-        steps = max(len(self.data.train), 1)
-        means = {key: float(value) / steps for key, value in sums.items()}
+        means = {key: float(value) / max(steps, 1) for key, value in sums.items()}
         row = {f"loss/{key}": value for key, value in means.items() if key != "segments"}
         row["segments"] = means.get("segments", 0.0)
         row.update({"lr": lr, "train_time_s": seconds, "throughput_videos_s": videos / seconds})
