@@ -89,8 +89,9 @@ def paired_bootstrap_p(
 ) -> float:
     """One-sided paired-bootstrap p-value of `mean(differences) > 0` (see the module doc).
 
-    Draws `resamples` index sets of len(differences) queries with replacement from a seeded
-    numpy Generator, in chunks that keep memory bounded. Raises ValueError on empty input.
+    Draws `resamples` index sets of len(differences) queries with replacement from
+    `numpy.random.default_rng(seed)` (int32 indices), in chunks that keep memory
+    bounded. Raises ValueError on empty input.
     """
     differences = np.asarray(differences, dtype=float)  # [Q]
     if differences.size == 0 or resamples < 1:
@@ -101,6 +102,6 @@ def paired_bootstrap_p(
     at_or_below = 0
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
-        indices = rng.integers(0, queries, size=(size, queries))  # [b, Q]
+        indices = rng.integers(0, queries, size=(size, queries), dtype=np.int32)  # [b, Q]
         at_or_below += _count_at_or_below(differences, indices)
     return at_or_below / resamples

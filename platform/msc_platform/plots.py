@@ -60,10 +60,12 @@ def _spread_panel(axis, names: Sequence[str], values: Sequence[Sequence[float]],
     positions = np.arange(len(names))
     means = [float(np.mean(v)) for v in values]
     stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
-    axis.errorbar(positions, means, yerr=stds, fmt="o-" if ordered else "o", capsize=4, color="tab:blue", label="mean ± std")
+    axis.errorbar(positions, means, yerr=stds, fmt="o-" if ordered else "o", capsize=4, color="tab:blue",
+                  label="mean ± std")
     for position, seed_values in zip(positions, values):
         axis.scatter([position] * len(seed_values), seed_values, s=12, color="tab:orange", zorder=3)
-    axis.set_xticks(positions, list(names), rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
+    crowded = len(names) > 3
+    axis.set_xticks(positions, list(names), rotation=30 if crowded else 0, ha="right" if crowded else "center")
     axis.set(title=title, xlabel=xlabel, ylabel="SumR")
     axis.grid(alpha=0.3)
 

@@ -2,7 +2,7 @@
 
 `write_report` reads the runs with the MLflow client, builds the tables (`tables`), renders
 them (`table_render`), draws the plots (`plots`), writes Markdown (`summary.md`, all tables),
-LaTeX, CSV and Parquet per table, and logs the folder to the sweep's parent run under
+LaTeX, CSV and Parquet per table, and logs the files it wrote to the sweep's parent run under
 `tables/`. Failed or incomplete runs go to `incomplete.csv` and a section of the Markdown.
 """
 from __future__ import annotations
@@ -122,7 +122,8 @@ def write_report(experiment: str, out_dir: Path, *, tracking_uri: str | None = N
     summary.write_text("\n".join(writer.markdown), encoding="utf-8")
     result.files = [summary] + writer.files
     if target is not None:
-        client.log_artifacts(target, str(out_dir), ARTIFACT_DIR)
+        for path in result.files:
+            client.log_artifact(target, str(path), ARTIFACT_DIR)
         result.logged_to = target
     return result
 
@@ -165,7 +166,8 @@ def _plots(writer: _Writer, records: list[RunRecord], kind: str, table: pd.DataF
     if kind == "ablation":
         writer.plot("SumR per row", plots.plot_row_sumr(groups, out / "sumr_by_row.png"))
     elif kind == "sensitivity":
-        writer.plot("SumR per factor value", plots.plot_factor_sumr(_factor_values(table, groups), out / "sumr_by_factor.png"))
+        factors = _factor_values(table, groups)
+        writer.plot("SumR per factor value", plots.plot_factor_sumr(factors, out / "sumr_by_factor.png"))
     else:
         keys = varied_keys(complete)
         writer.plot("SumR per swept parameter", plots.plot_param_sumr(complete, keys, out / "sumr_by_param.png"))

@@ -265,8 +265,9 @@ def sweep_table(records: list[RunRecord]) -> pd.DataFrame:
     for run in runs:
         entry = {"trial": run.trial_id or run.run_name, "run_id": run.run_id}
         entry.update({key: run.params.get(key) for key in keys})
-        entry.update({name: run.metric(f"best/{name}") for name in RECALL_NAMES + DIAGNOSTIC_NAMES})
-        entry["best_epoch"] = run.metric("best_epoch")
+        for name in RECALL_NAMES + DIAGNOSTIC_NAMES + ("best_epoch",):
+            value = run.metric(name if name == "best_epoch" else f"best/{name}")
+            entry[name] = math.nan if value is None else value
         entries.append(entry)
     table = pd.DataFrame(entries).sort_values("SumR", ascending=False, kind="stable")
     return table.reset_index(drop=True)

@@ -50,7 +50,8 @@ def test_p_value_from_given_indices_equals_a_hand_loop():
 def test_seeded_bootstrap_equals_hand_loop_over_the_same_draws():
     differences = np.array([2.0, -1.0, 0.5, -3.0, 1.0])
     resamples, seed = 300, 11
-    draws = np.random.default_rng(seed).integers(0, len(differences), size=(resamples, len(differences)))
+    draws = np.random.default_rng(seed).integers(0, len(differences), size=(resamples, len(differences)),
+                                                 dtype=np.int32)
     by_hand = sum(np.mean([differences[j] for j in draw]) <= 0 for draw in draws) / resamples
     assert paired_bootstrap_p(differences, resamples, seed) == pytest.approx(by_hand)
     assert paired_bootstrap_p(differences, resamples, seed) == paired_bootstrap_p(differences, resamples, seed)

@@ -156,7 +156,8 @@ def _sensitivity_runs(rows: dict[str, tuple[str, str]], make) -> None:
     """Two seeds per row; every metric of row i and seed s is 10 * i + s."""
     for index, (row, (sim_thr, vl_coef)) in enumerate(rows.items()):
         for seed in (1, 2):
-            make(row=row, seed=seed, best={name: 10.0 * index + seed for name in ("R@1", "R@5", "R@10", "R@100", "SumR")},
+            best = {name: 10.0 * index + seed for name in ("R@1", "R@5", "R@10", "R@100", "SumR")}
+            make(row=row, seed=seed, best=best,
                  params={"model.sim_thr": sim_thr, "model.vl_coef": vl_coef, "train.seed": str(seed)})
 
 
@@ -215,3 +216,8 @@ def test_plain_sweep_has_one_row_per_trial(tmp_path):
     assert table_kind(records) == "sweep"
     table = sweep_table(records)
     assert list(table["trial"]) == ["t1", "t0", "t2"] and list(table["train.lr"]) == ["3e-4", "1e-4", "1e-3"]
+    result = write_report("sweep", tmp_path / "out", tracking_uri=client.tracking_uri)
+    assert result.kind == "sweep" and (tmp_path / "out" / "sumr_by_param.png").stat().st_size > 0
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| Trial | train.lr |" in markdown and "**120.0**" in markdown
+    assert "importances skipped: 3 complete trials" in markdown
