@@ -123,17 +123,24 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, log_path: Path,
     raise ClusterError(f"the head node did not open {host}:{port} within {timeout:.0f}s; see {log_path}")
 
 
-def _alive_nodes(cluster: LocalCluster) -> list[str]:
-    """IPs of the alive nodes, asked from the cluster by a short-lived driver process."""
+def cluster_nodes(cluster: LocalCluster) -> dict[str, str]:
+    """{node IP: Ray node id} of the alive nodes, asked by a short-lived driver process.
+
+    Raises ClusterError when the cluster cannot be reached.
+    """
     code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-            "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))"
-            % cluster.address)
+            "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() "
+            "if n['Alive']}))" % cluster.address)
     env = _node_env(cluster.auth)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             timeout=120)
     if result.returncode != 0:
         raise ClusterError(f"cannot connect to {cluster.address}: {result.stderr.strip()[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _alive_nodes(cluster: LocalCluster) -> list[str]:
+    return list(cluster_nodes(cluster))
 
 
 def _wait_for_nodes(cluster: LocalCluster, timeout: float) -> None:

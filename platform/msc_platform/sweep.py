@@ -54,6 +54,7 @@ class TrialSummary:
     run_id: str | None
     node_id: str | None
     error: str | None
+    failures: int = 0  # times Tune retried it (worker crash, error)
 
 
 @dataclass
@@ -68,23 +69,6 @@ class SweepOutcome:
     storage_dir: str
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
-
-
-_RECORDED_TRIALS: dict[str, list] = {}
-
-
-class _TrialRecorder(tune.Callback):
-    """Hands the Trial objects of experiment `key` to the driver at the end of the experiment.
-
-    Tune pickles the run config (callbacks included) with the experiment and restores a copy on
-    resume, so the trials go to a module-level table keyed by experiment name.
-    """
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def on_experiment_end(self, trials, **info):
-        _RECORDED_TRIALS[self.key] = list(trials)
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
@@ -171,10 +155,9 @@ def _prepare_local_data(spec: SweepSpec) -> None:
         prepare_data(apply_overrides(spec.base, {"model.clip_tokens": clip_tokens}))
 
 
-def _run_config(spec: SweepSpec, root: str, experiment_name: str, recorder: _TrialRecorder,
-                verbose: int) -> tune.RunConfig:
+def _run_config(spec: SweepSpec, root: str, experiment_name: str, verbose: int) -> tune.RunConfig:
     return tune.RunConfig(
-        name=experiment_name, storage_path=root, verbose=verbose, callbacks=[recorder],
+        name=experiment_name, storage_path=root, verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
@@ -221,10 +204,17 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
             _prepare_local_data(spec)
         experiment_name, path, parent, uri = _start_or_restore(spec, root, resume, uri, joined)
         context = TrialContext(spec=spec, parent_run_id=parent.run_id, tracking_uri=uri)
-        _RECORDED_TRIALS.pop(experiment_name, None)
-        tuner = _make_tuner(spec, context, root, experiment_name, path, resume, verbose)
-        tuner.fit()
-    return _conclude(spec, parent, _RECORDED_TRIALS.pop(experiment_name, []), path)
+        _make_tuner(spec, context, root, experiment_name, path, resume, verbose).fit()
+    return _conclude(spec, parent, saved_trials(path), path)
+
+
+def saved_trials(path: str) -> list:
+    """The trials as Tune's last experiment snapshot has them: what a resume would continue.
+
+    (After an interrupt Tune stops the live trials in memory, so only the snapshot tells the
+    finished trials from the interrupted ones.)
+    """
+    return tune.ExperimentAnalysis(path).trials
 
 
 def _make_tuner(spec: SweepSpec, context: TrialContext, root: str, experiment_name: str,
@@ -233,9 +223,8 @@ def _make_tuner(spec: SweepSpec, context: TrialContext, root: str, experiment_na
     if resume:
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                   param_space=param_space(spec))
-    recorder = _TrialRecorder(experiment_name)
     return tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
-                      run_config=_run_config(spec, root, experiment_name, recorder, verbose))
+                      run_config=_run_config(spec, root, experiment_name, verbose))
 
 
 def _summaries(spec: SweepSpec, trials, runs_by_trial: dict[str, Any]) -> list[TrialSummary]:
@@ -249,7 +238,8 @@ def _summaries(spec: SweepSpec, trials, runs_by_trial: dict[str, Any]) -> list[T
             trial_id=trial.trial_id, status=trial.status,
             overrides=trial_overrides(spec, trial.config), best=best,
             epochs=int(last.get(TIME_ATTR, 0)), run_id=run.info.run_id if run else last.get(RUN_ID_KEY),
-            node_id=last.get("node_id"), error=str(error).strip().splitlines()[-1] if error else None))
+            node_id=last.get("node_id"), error=str(error).strip().splitlines()[-1] if error else None,
+            failures=trial.run_metadata.num_failures))
     return summaries
 
 

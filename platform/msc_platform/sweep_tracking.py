@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -109,22 +108,18 @@ def _best_from_checkpoint(checkpoint_dir: str | None) -> dict[str, float]:
 
 
 def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
-                      outcomes: dict[str, dict[str, Any]], wait_s: float = 10.0) -> None:
+                      outcomes: dict[str, dict[str, Any]]) -> None:
     """End every child run the trials left RUNNING, by what Tune says happened to the trial.
 
+    Call it after Ray is shut down (no trial can still be closing its own run).
     outcomes: {trial_id: {"status": Tune status, "error": str | None, "checkpoint_dir": str | None}}.
     TERMINATED -> FINISHED (best scores from the trial's last checkpoint when the run lacks them);
     ERROR -> FAILED with tag `error`; anything else (an interrupted sweep) -> KILLED, reopened on
-    resume. Waits up to `wait_s` for trials that are still closing their runs themselves.
+    resume.
     """
-    deadline = time.monotonic() + wait_s
-    pending = {tid: run for tid, run in runs_by_trial.items() if run.info.status == "RUNNING"}
-    while pending and time.monotonic() < deadline:
-        time.sleep(0.5)
-        pending = {tid: client.get_run(run.info.run_id) for tid, run in pending.items()}
-        pending = {tid: run for tid, run in pending.items() if run.info.status == "RUNNING"}
-    for trial_id, run in pending.items():
-        _settle_one(client, run, outcomes.get(trial_id, {}))
+    for trial_id, run in runs_by_trial.items():
+        if run.info.status == "RUNNING":
+            _settle_one(client, run, outcomes.get(trial_id, {}))
 
 
 def _settle_one(client: MlflowClient, run, outcome: dict[str, Any]) -> None:

@@ -133,6 +133,8 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     existing = find_trial_run(client, spec.mlflow_experiment, context.parent_run_id, trial_id)
     if existing is not None and failed_non_finite(existing):
         raise NonFiniteLossError(f"trial {trial_id} is not retried: {existing.data.tags['error']}")
+    if existing is not None and "stop_reason" in existing.data.tags:
+        client.delete_tag(existing.info.run_id, "stop_reason")  # an interrupted trial goes on
     out_dir = _fresh_dir(Path(trial.get_trial_dir()) / "train")
     resume = _restore_checkpoint(out_dir)
     train(cfg, out_dir, resume=resume, on_epoch=epoch_reporter(cfg.train.epochs),
