@@ -1,4 +1,8 @@
-"""Seeds and RNG state for torch, numpy, Python's random and DataLoader workers."""
+"""Seeds and RNG state for torch, numpy and Python's random.
+
+DataLoader workers need nothing more: torch seeds each worker's torch, random and numpy from the
+(seeded) global torch RNG, and the training shuffle depends only on (train.seed, epoch).
+"""
 from __future__ import annotations
 
 import random
@@ -16,20 +20,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: derive numpy and random seeds from the worker's torch seed."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def make_generator(seed: int) -> torch.Generator:
-    """A CPU torch.Generator seeded with `seed` (for DataLoader shuffling)."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
 
 
 def capture_rng_state() -> dict[str, Any]:
