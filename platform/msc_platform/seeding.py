@@ -13,13 +13,15 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, numpy and torch (all devices); optionally force deterministic kernels."""
+    """Seed Python, numpy and torch (all devices); switch deterministic kernels on or off."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+    elif torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(False)
 
 
 def capture_rng_state() -> dict[str, Any]:
