@@ -7,27 +7,47 @@ from __future__ import annotations
 
 import torch
 
-from model.merge import bipartite_merge
+from model.merge import bipartite_assignment, size_weighted_means
 
 LOSS_LEVELS = (20, 12, 8, 5)
 EPS = 1e-8
+
+
+def _ab_cosine(members: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """A-B cosines of the merged metric tokens `members @ c`, from the Gram matrix `gram = c c^T`.
+
+    `members[B, S, S]` holds the size of every original token inside each current token, so
+    `members @ c` is the size-weighted sum (the mean times its size; cosine ignores the scale).
+    Norms are clamped at 1e-12 as in F.normalize. Returns [B, Sa, Sb].
+    """
+    weighted = members @ gram  # [B, S, S]
+    norms = (weighted * members).sum(dim=2).clamp(min=1e-24).sqrt()  # [B, S]
+    dots = weighted[:, 0::2] @ members[:, 1::2].transpose(1, 2)  # [B, Sa, Sb]
+    return dots / (norms[:, 0::2].unsqueeze(2) * norms[:, 1::2].unsqueeze(1))
 
 
 def merge_segments(segments: torch.Tensor, clip_feats: torch.Tensor, sizes: torch.Tensor,
                    labels: torch.Tensor, counts: torch.Tensor):
     """Loss-side merging: levels 20, 12, 8, 5 in turn, each video stopping at its count.
 
-    A video whose count is 32 (or any level's target below its count) is left unchanged by that
-    level. A level merges at most (previous level - level) pairs in any video, which bounds its
-    matching rounds. Returns `(segments[B, S, D], clip_feats[B, S, Dc], sizes[B, S], labels[B, L])`.
+    Same result as `bipartite_merge` level after level on (segments, clip_feats), but the metric
+    is carried as an [S, S] membership matrix over the clip features' Gram matrix instead of
+    [S, Dc] rows, and the segments are merged once at the end by the composed size-weighted
+    mean. A video whose count is 32 is left unchanged. A level merges at most (previous level -
+    level) pairs in any video, which bounds its matching rounds.
+    Returns `(segments[B, S, D], sizes[B, S], labels[B, L])`, padding segments with size 0.
     """
+    gram = clip_feats @ clip_feats.transpose(1, 2)  # [B, S, S]
+    members = torch.diag_embed(sizes.to(gram.dtype))  # [B, S, S]
     previous = segments.shape[1]
     for level in LOSS_LEVELS:
-        target = counts.clamp(min=level)  # [B]
-        segments, clip_feats, sizes, labels = bipartite_merge(
-            segments, clip_feats, sizes, labels, target, max_merges=max(previous - level, 0))
+        assign, sizes, new_of_old = bipartite_assignment(
+            _ab_cosine(members, gram), sizes, counts.clamp(min=level), max_merges=max(previous - level, 0))
+        members = assign.to(members.dtype) @ members  # [B, S, S]
+        labels = new_of_old.gather(1, labels)  # [B, L]
         previous = level
-    return segments, clip_feats, sizes, labels
+    means = size_weighted_means(members, sizes.to(members.dtype))  # [B, S, S]
+    return means.to(segments.dtype) @ segments, sizes, labels
 
 
 def _frame_to_segment(frames, segments, own, valid):
@@ -89,7 +109,7 @@ def cbva_loss(frames: torch.Tensor, segments: torch.Tensor, labels: torch.Tensor
     `vl_coef`, and the mean number of segments K. Raises ValueError for mismatched shapes.
     """
     _check_inputs(frames, segments, labels, sizes, clip_feats, counts)
-    segments, _, sizes, labels = merge_segments(segments, clip_feats.detach(), sizes.detach(), labels, counts)
+    segments, sizes, labels = merge_segments(segments, clip_feats.detach(), sizes.detach(), labels, counts)
     valid = sizes > 0  # [B, S]
     own = labels.unsqueeze(2) == torch.arange(segments.shape[1], device=labels.device)  # [B, L, S]
     per_video = _frame_to_segment(frames, segments, own, valid) + _segment_to_frame(frames, segments, own, valid)

@@ -127,14 +127,14 @@ def _edge_ranks(sim: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
     """Rank the A-B edges of each video by decreasing similarity, 0 = heaviest.
 
     Ties keep the flat order (lower A index first, then lower B index), so the ranks are
-    distinct. Unusable edges get rank `Na * Nb`. `sim, usable: [B, Na, Nb]` -> long [B, Na, Nb].
+    distinct. Unusable edges get rank `Na * Nb`. `sim, usable: [B, Na, Nb]` -> int32 [B, Na, Nb].
     """
     batch, n_a, n_b = sim.shape
     flat = sim.masked_fill(~usable, float("-inf")).reshape(batch, n_a * n_b)  # [B, E]
     order = torch.sort(flat, dim=1, descending=True, stable=True).indices  # [B, E]
     steps = torch.arange(n_a * n_b, device=sim.device).expand(batch, n_a * n_b)
     rank = torch.empty_like(order).scatter_(1, order, steps).reshape(batch, n_a, n_b)
-    return rank.masked_fill(~usable, n_a * n_b)
+    return rank.masked_fill(~usable, n_a * n_b).to(torch.int32)  # int32: much faster min-reductions
 
 
 def _greedy_matching(rank: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -143,7 +143,7 @@ def _greedy_matching(rank: torch.Tensor, rounds: int) -> torch.Tensor:
     Each round takes every free edge that is the best free edge of both its ends; with distinct
     ranks these are exactly edges of the sequential greedy matching, and the heaviest free edge
     is always among them, so after r rounds the r first greedy picks are all taken (min(Na, Nb)
-    rounds give the full matching). `rank: long [B, Na, Nb]` (unusable = Na * Nb) -> bool [B, Na, Nb].
+    rounds give the full matching). `rank: int [B, Na, Nb]` (unusable = Na * Nb) -> bool [B, Na, Nb].
     """
     _, n_a, n_b = rank.shape
     unusable = n_a * n_b
@@ -199,28 +199,50 @@ def _merge_plan(merges: torch.Tensor, valid: torch.Tensor):
     return partner, has_partner, source, slot_valid, new_of_old
 
 
-def _gather_tokens(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """`values[B, N, D]` rows picked per video by `index[B, M]` -> [B, M, D] (one index_select)."""
-    batch, length, dim = values.shape
-    offsets = torch.arange(batch, device=index.device).unsqueeze(1) * length  # [B, 1]
-    rows = values.reshape(batch * length, dim).index_select(0, (index + offsets).reshape(-1))
-    return rows.reshape(batch, index.shape[1], dim)
+def _assignment(source, partner, has_partner, slot_valid) -> torch.Tensor:
+    """0/1 map of one level: `assign[b, i, j]` is True when old token j goes into new slot i.
 
-
-def _weighted_merge(values, index_a, index_b, weight_a, weight_b):
-    """New tokens `weight_a * values[a] + weight_b * values[b]` per slot -> [B, N, D]."""
-    return (_gather_tokens(values, index_a) * weight_a.unsqueeze(-1)
-            + _gather_tokens(values, index_b) * weight_b.unsqueeze(-1))
-
-
-def _merge_weights(sizes_a, sizes_b, slot_valid):
-    """Size-weighted mean coefficients of the two tokens feeding each slot; 0 for empty slots.
-
-    A slot without partner has `sizes_b = 0`, so its token is copied exactly (weight 1, 0).
+    Slot i takes old token `source[i]` and, when that token absorbs one, its B partner.
+    `[B, N]` inputs -> bool [B, N, N].
     """
-    total = torch.where(slot_valid, sizes_a + sizes_b, torch.ones_like(sizes_a))  # [B, N]
-    zero = torch.zeros_like(sizes_a)
-    return torch.where(slot_valid, sizes_a / total, zero), torch.where(slot_valid, sizes_b / total, zero)
+    columns = torch.arange(source.shape[1], device=source.device)
+    index_b = partner.gather(1, source)  # [B, N]
+    with_partner = has_partner.gather(1, source) & slot_valid  # [B, N]
+    takes_a = (source.unsqueeze(-1) == columns) & slot_valid.unsqueeze(-1)  # [B, N, N]
+    takes_b = (index_b.unsqueeze(-1) == columns) & with_partner.unsqueeze(-1)
+    return takes_a | takes_b
+
+
+def bipartite_assignment(ab_cosine: torch.Tensor, sizes: torch.Tensor, target, max_merges: int | None = None):
+    """Plan one bipartite level from the A-B cosines `ab_cosine[B, Na, Nb]` (A = even, B = odd
+    positions) of each video's valid tokens (`sizes[B, N] > 0`, stored first).
+
+    Greedy one-to-one matching in decreasing cosine (ties: lower A, then lower B first); the
+    first `valid - target` picks are merged. Returns `(assign[B, N, N] bool, new_sizes[B, N],
+    new_of_old[B, N])`: which old tokens form each new slot, the summed sizes (0 = padding), and
+    the new index of every old token. `max_merges` caps the matching rounds (see bipartite_merge).
+    """
+    valid = sizes > 0  # [B, N]
+    target = torch.as_tensor(target, device=sizes.device).expand(sizes.shape[0])  # [B]
+    usable = valid[:, 0::2].unsqueeze(2) & valid[:, 1::2].unsqueeze(1)  # [B, Na, Nb]
+    rank = _edge_ranks(ab_cosine, usable)
+    quota = (valid.sum(dim=1) - target).clamp(min=0)  # [B]
+    rounds = min(rank.shape[1], rank.shape[2], rank.shape[1] if max_merges is None else max_merges)
+    merges = _heaviest_edges(rank, _greedy_matching(rank, rounds), quota)  # [B, Na, Nb]
+    partner, has_partner, source, slot_valid, new_of_old = _merge_plan(merges, valid)
+    assign = _assignment(source, partner, has_partner, slot_valid)  # [B, N, N]
+    new_sizes = (assign.to(sizes.dtype) * sizes.unsqueeze(1)).sum(dim=2)  # [B, N]
+    return assign, new_sizes, new_of_old
+
+
+def size_weighted_means(weights: torch.Tensor, new_sizes: torch.Tensor) -> torch.Tensor:
+    """Size weights `weights[B, N, M]` (rows summing to `new_sizes[B, N]`) -> mean matrix [B, N, M].
+
+    `matrix @ tokens` gives each new token as the size-weighted mean of its old tokens; a token
+    that stays alone gets weight s / s = 1 exactly; padding rows are 0.
+    """
+    safe = torch.where(new_sizes > 0, new_sizes, torch.ones_like(new_sizes))  # [B, N]
+    return weights / safe.unsqueeze(2)
 
 
 def _check_bipartite_inputs(x, metric, sizes, labels, target, max_merges) -> None:
@@ -256,24 +278,12 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
     shapes or a max_merges below 0.
     """
     _check_bipartite_inputs(x, metric, sizes, labels, target, max_merges)
-    valid = sizes > 0  # [B, N]
-    target = torch.as_tensor(target, device=x.device).expand(x.shape[0])  # [B]
     unit = F.normalize(metric.detach(), dim=-1)  # [B, N, Dm]
-    sim = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
-    usable = valid[:, 0::2].unsqueeze(2) & valid[:, 1::2].unsqueeze(1)  # [B, Na, Nb]
-    rank = _edge_ranks(sim, usable)
-    quota = (valid.sum(dim=1) - target).clamp(min=0)  # [B]
-    rounds = min(rank.shape[1], rank.shape[2], rank.shape[1] if max_merges is None else max_merges)
-    merges = _heaviest_edges(rank, _greedy_matching(rank, rounds), quota)  # [B, Na, Nb]
-    partner, has_partner, source, slot_valid, new_of_old = _merge_plan(merges, valid)
-    index_b = partner.gather(1, source)  # [B, N]
-    with_partner = has_partner.gather(1, source) & slot_valid  # [B, N]
-    sizes_a = sizes.gather(1, source)
-    sizes_b = torch.where(with_partner, sizes.gather(1, index_b), torch.zeros_like(sizes_a))
-    weight_a, weight_b = _merge_weights(sizes_a, sizes_b, slot_valid)  # [B, N] each
-    new_x = _weighted_merge(x, source, index_b, weight_a, weight_b)
-    new_metric = _weighted_merge(metric, source, index_b, weight_a, weight_b)
-    new_sizes = torch.where(slot_valid, sizes_a + sizes_b, torch.zeros_like(sizes_a))
+    ab_cosine = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
+    assign, new_sizes, new_of_old = bipartite_assignment(ab_cosine, sizes, target, max_merges)
+    matrix = size_weighted_means(assign.to(sizes.dtype) * sizes.unsqueeze(1), new_sizes)  # [B, N, N]
+    new_x = matrix.to(x.dtype) @ x  # [B, N, D]
+    new_metric = matrix.to(metric.dtype) @ metric  # [B, N, Dm]
     return new_x, new_metric, new_sizes, new_of_old.gather(1, labels)
 
 
