@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from model.merge import bipartite_assignment, size_weighted_means
+from model.merge import autocast_off, bipartite_assignment, size_weighted_means, widen
 
 LOSS_LEVELS = (20, 12, 8, 5)
 EPS = 1e-8
@@ -106,12 +106,17 @@ def cbva_loss(frames: torch.Tensor, segments: torch.Tensor, labels: torch.Tensor
     `clip_feats[B, S, Dc]` the clip features (similarity metric of the merging, no gradient),
     `counts[B]` the segment count of each video (32 for every video = non-adaptive CBVA).
     Returns `(loss, mean_segments)`: the batch mean of (frame->segment + segment->frame) before
-    `vl_coef`, and the mean number of segments K. Raises ValueError for mismatched shapes.
+    `vl_coef`, and the mean number of segments K. Runs in at least float32 with autocast off
+    (16-bit inputs are widened). Raises ValueError for mismatched shapes.
     """
     _check_inputs(frames, segments, labels, sizes, clip_feats, counts)
-    segments, sizes, labels = merge_segments(segments, clip_feats.detach(), sizes.detach(), labels, counts)
-    valid = sizes > 0  # [B, S]
-    own = labels.unsqueeze(2) == torch.arange(segments.shape[1], device=labels.device)  # [B, L, S]
-    per_video = _frame_to_segment(frames, segments, own, valid) + _segment_to_frame(frames, segments, own, valid)
+    frames, segments = widen(frames), widen(segments)
+    with autocast_off(frames.device):
+        segments, sizes, labels = merge_segments(segments, widen(clip_feats.detach()), widen(sizes.detach()),
+                                                 labels, counts)
+        valid = sizes > 0  # [B, S]
+        own = labels.unsqueeze(2) == torch.arange(segments.shape[1], device=labels.device)  # [B, L, S]
+        per_video = (_frame_to_segment(frames, segments, own, valid)
+                     + _segment_to_frame(frames, segments, own, valid))  # [B]
     mean_segments = valid.sum(dim=1).to(frames.dtype).mean()
     return per_video.mean(), mean_segments

@@ -26,6 +26,17 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
+def autocast_off(device: torch.device):
+    """Context that turns autocast off on `device`: similarity ranks, thresholds and the CBVA
+    exponentials need at least float32, even inside a bf16 training step."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def widen(x: torch.Tensor) -> torch.Tensor:
+    """`x` as float32 when it is a 16-bit float tensor, else unchanged."""
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
 def _require(condition: bool, message: str) -> None:
     """Raise ValueError with `message` when a shape check fails."""
     if not condition:
@@ -278,8 +289,9 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
     shapes or a max_merges below 0.
     """
     _check_bipartite_inputs(x, metric, sizes, labels, target, max_merges)
-    unit = F.normalize(metric.detach(), dim=-1)  # [B, N, Dm]
-    ab_cosine = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
+    with autocast_off(x.device):
+        unit = F.normalize(widen(metric.detach()), dim=-1)  # [B, N, Dm]
+        ab_cosine = unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)  # [B, Na, Nb]
     assign, new_sizes, new_of_old = bipartite_assignment(ab_cosine, sizes, target, max_merges)
     matrix = size_weighted_means(assign.to(sizes.dtype) * sizes.unsqueeze(1), new_sizes)  # [B, N, N]
     new_x = matrix.to(x.dtype) @ x  # [B, N, D]
@@ -297,12 +309,14 @@ def closure_ratio(feats: torch.Tensor, threshold: float) -> torch.Tensor:
     _require(feats.dim() == 3, f"closure_ratio: feats must be [B, N, D], got shape {tuple(feats.shape)}")
     length = feats.shape[1]
     _require(length >= 2, f"closure_ratio: needs at least 2 tokens per video, got N={length}")
-    unit = F.normalize(feats.detach(), dim=-1)  # [B, N, D]
+    feats = widen(feats.detach())
     eye = torch.eye(length, dtype=torch.bool, device=feats.device)
-    reach = ((unit @ unit.transpose(1, 2)) > threshold) | eye  # [B, N, N]
-    for _ in range(max(1, math.ceil(math.log2(length - 1)))):
-        paths = reach.to(feats.dtype)
-        reach = (paths @ paths) > 0  # [B, N, N]
+    with autocast_off(feats.device):
+        unit = F.normalize(feats, dim=-1)  # [B, N, D]
+        reach = ((unit @ unit.transpose(1, 2)) > threshold) | eye  # [B, N, N]
+        for _ in range(max(1, math.ceil(math.log2(length - 1)))):
+            paths = reach.to(feats.dtype)
+            reach = (paths @ paths) > 0  # [B, N, N]
     connected = reach.sum(dim=(1, 2)) - length  # [B]
     return connected.to(feats.dtype) / (length * (length - 1))
 

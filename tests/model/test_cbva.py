@@ -128,3 +128,19 @@ def test_cbva_rejects_mismatched_inputs(field, change, message):
     inputs[field] = change(inputs[field])
     with pytest.raises(ValueError, match=message):
         cbva_loss(**inputs)
+
+
+def test_cbva_and_closure_ignore_bf16_autocast():
+    gen = torch.Generator().manual_seed(18)
+    clip_feats = _videos_with_one_cluster(gen, (29, 25, 21, 15, 10)).float()
+    _, sizes, labels = _clip_side(gen, batch=5)
+    frames = torch.randn(5, 128, 16, generator=gen)
+    segments = torch.randn(5, 32, 16, generator=gen)
+    counts = merge.segment_count(merge.closure_ratio(clip_feats, 0.8))
+    want = cbva_loss(frames, segments, labels, sizes.float(), clip_feats, counts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(merge.segment_count(merge.closure_ratio(clip_feats, 0.8)), counts)
+        got = cbva_loss(frames, segments, labels, sizes.float(), clip_feats, counts)
+    assert got[0].dtype == torch.float32
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
