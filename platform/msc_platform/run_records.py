@@ -29,6 +29,7 @@ ROW_TAG = "msc.row"
 SEED_TAG = "msc.seed"
 TRIAL_TAG = "msc.trial_id"
 ERROR_TAG = "error"
+STOP_REASON_TAG = "stop_reason"  # set by msc_platform.train when a run ends before its last epoch
 SEED_PARAM = "train.seed"
 _PAGE_SIZE = 1000
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -89,7 +90,7 @@ def to_record(run: Run) -> RunRecord:
         params=params,
         metrics={metric_key(key): value for key, value in run.data.metrics.items()},
     )
-    record.problem = _problem(record, tags.get(ERROR_TAG))
+    record.problem = _problem(record, tags.get(ERROR_TAG), tags.get(STOP_REASON_TAG))
     return record
 
 
@@ -102,12 +103,16 @@ def _parse_seed(value: str | None) -> int | None:
         return None
 
 
-def _problem(record: RunRecord, error: str | None) -> str | None:
+def _problem(record: RunRecord, error: str | None, stop_reason: str | None) -> str | None:
+    """Why the run must not be averaged in, or None. A grid trial (it has a row) stopped
+    before its last epoch was cut short, not early-stopped by a scheduler: grids have none."""
     if record.status != "FINISHED":
         return f"status {record.status}" + (f": {error}" if error else "")
     missing = [name for name in REQUIRED_METRICS if record.metric(name) is None]
     if missing:
         return "missing metrics " + ", ".join(missing)
+    if record.row is not None and stop_reason:
+        return f"grid trial stopped before its last epoch: {stop_reason}"
     return None
 
 

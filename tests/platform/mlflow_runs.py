@@ -48,9 +48,9 @@ def start_parent(client: MlflowClient, experiment: str, sweep: str) -> tuple[str
 def log_trial(client: MlflowClient, experiment_id: str, parent_run_id: str, *, params: dict,
               best: dict[str, float] | None = None, row: str | None = None, seed: int | None = None,
               ranks: pd.DataFrame | None = None, history: dict[str, list[float]] | None = None,
-              status: str = "FINISHED", trial_id: str | None = None) -> str:
+              status: str = "FINISHED", trial_id: str | None = None, extra_tags: dict | None = None) -> str:
     """One trial run: params, optional per-epoch history, best/ metrics, ranks.parquet, status."""
-    tags = {"mlflow.parentRunId": parent_run_id, "msc.sweep": "grid"}
+    tags = {"mlflow.parentRunId": parent_run_id, "msc.sweep": "grid", **(extra_tags or {})}
     if row is not None:
         tags.update({"msc.ablation": "grid", "msc.row": row, "msc.seed": str(seed)})
     if trial_id is not None:

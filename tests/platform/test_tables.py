@@ -36,7 +36,8 @@ def _params(row: str, seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """An ablation grid: 5 complete runs, one FAILED, one still RUNNING, one without best/ metrics."""
+    """An ablation grid: 5 complete runs, one FAILED, one still RUNNING, one without best/ metrics,
+    one FINISHED but cut short (stop_reason)."""
     client = new_store(tmp_path_factory.mktemp("mlflow"))
     uri = client.tracking_uri
     experiment_id, parent = start_parent(client, "components", "components")
@@ -50,6 +51,8 @@ def store(tmp_path_factory):
     log_trial(client, experiment_id, parent, params=_params("b_tcp", 3), row="b_tcp", seed=3, status="RUNNING")
     log_trial(client, experiment_id, parent, params=_params("c_cbva_uniform", 3), row="c_cbva_uniform", seed=3,
               best={"R@1": 10.0})
+    log_trial(client, experiment_id, parent, params=_params("a_baseline", 4), row="a_baseline", seed=4,
+              best=recalls_from_ranks([1] * 6), extra_tags={"stop_reason": "stopped by the sweep driver"})
     return uri, client, parent
 
 
@@ -93,6 +96,7 @@ def test_failed_and_incomplete_runs_are_listed_not_averaged(store):
     assert listed.loc[3].shape[0] == 2  # the RUNNING run and the one without best/ metrics
     assert set(listed.loc[3, "problem"]) == {"status RUNNING",
                                              "missing metrics best/R@5, best/R@10, best/R@100, best/SumR"}
+    assert listed.loc[4, "problem"] == "grid trial stopped before its last epoch: stopped by the sweep driver"
     table = ablation_table(records, lambda run_id: None, resamples=10).set_index("row")
     assert table.loc["b_tcp", "seeds"] == 1 and table.loc["c_cbva_uniform", "seeds"] == 2
 
@@ -101,7 +105,7 @@ def test_report_files_markdown_latex_csv_parquet_and_artifacts(store, tmp_path):
     uri, client, parent = store
     result = write_report("components", tmp_path / "tables", tracking_uri=uri, parent_run_id=parent,
                           resamples=RESAMPLES, seed=3)
-    assert result.kind == "ablation" and result.complete == 5 and result.incomplete == 3
+    assert result.kind == "ablation" and result.complete == 5 and result.incomplete == 4
     markdown = (tmp_path / "tables" / "summary.md").read_text()
     results_section = markdown.split("## Retrieval")[1].split("## ")[0]
     table_lines = [line for line in results_section.splitlines() if line.startswith("| ")]
@@ -119,7 +123,7 @@ def test_report_files_markdown_latex_csv_parquet_and_artifacts(store, tmp_path):
     assert list(csv["row"]) == list(parquet["row"]) == ["a_baseline", "b_tcp", "c_cbva_uniform"]
     assert csv["SumR_mean"].tolist() == pytest.approx(parquet["SumR_mean"].tolist())
     failed = pd.read_csv(tmp_path / "tables" / "incomplete.csv")
-    assert sorted(failed["status"]) == ["FAILED", "FINISHED", "RUNNING"]
+    assert sorted(failed["status"]) == ["FAILED", "FINISHED", "FINISHED", "RUNNING"]
     diagnostics = pd.read_csv(tmp_path / "tables" / "diagnostics.csv").set_index("row")
     assert diagnostics.loc["c_cbva_uniform", "spearman_mean"] == pytest.approx(51.5)
     logged = {info.path for info in client.list_artifacts(parent, "tables")}
