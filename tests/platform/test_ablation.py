@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from msc_platform.cli import main
 from msc_platform.sweep import load_sweep_spec
@@ -89,7 +90,6 @@ def test_tiny_grid_runs_through_the_sweep_runner_into_tables(tiny_data_root, mlf
     out = tmp_path / "tables"
     assert main(["ablation", str(spec), "--quiet", "--out", str(out), "--resamples", "500"]) == 0
 
-    from mlflow.tracking import MlflowClient
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("tiny-ablation")
     runs = client.search_runs([experiment.experiment_id])

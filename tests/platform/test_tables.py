@@ -225,3 +225,13 @@ def test_plain_sweep_has_one_row_per_trial(tmp_path):
     markdown = (tmp_path / "out" / "summary.md").read_text()
     assert "| Trial | train.lr |" in markdown and "**120.0**" in markdown
     assert "importances skipped: 3 complete trials" in markdown
+
+
+def test_paper_sumr_column_only_for_qvhighlights():
+    best = {name: 1.0 for name in ("R@1", "R@5", "R@10", "R@100", "SumR")}
+    records = [_record(row, 0, best, {"data.collection": "qvhighlight"}) for row in ("a_baseline", "e_adaptive")]
+    table = ablation_table(records, lambda run_id: None, resamples=10)
+    assert table["paper_SumR"].tolist() == [225.5, 234.6]
+    assert to_markdown(main_display(table, "ablation", 10)).splitlines()[0].endswith("| p | paper SumR |")
+    synthetic = [_record(r.row, 0, best, {"data.collection": "synthetic"}) for r in records]
+    assert "paper_SumR" not in ablation_table(synthetic, lambda run_id: None, resamples=10).columns
