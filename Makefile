@@ -49,7 +49,7 @@ mlflow-ui: $(STAMP) ## open the MLflow UI on the same store (http://127.0.0.1:$(
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 cluster-up: $(STAMP) ## start a local two-node Ray cluster (head + worker) on loopback
-	$(PY) -m msc_platform.cluster up
+	$(PY) -m msc_platform.cluster up $(ARGS)
 
 cluster-down: $(STAMP) ## stop the local Ray cluster
 	$(PY) -m msc_platform.cluster down

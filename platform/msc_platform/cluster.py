@@ -247,12 +247,19 @@ def _descendants(roots: list[int]) -> set[int]:
     return found
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie."""
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state != "Z"
+
+
+def cluster_processes(cluster: LocalCluster) -> set[int]:
+    """The processes of `cluster` alive now: its `ray start` processes and everything below them."""
+    leaders = [pid for pid in cluster.process_groups if _group_alive(pid)]
+    return {pid for pid in set(leaders) | _descendants(leaders) if pid_alive(pid)}
 
 
 def _kill_quietly(pid: int, sig: int, group: bool = False) -> None:
@@ -270,11 +277,11 @@ def stop_cluster(cluster: LocalCluster, grace: float = 20.0) -> None:
     SIGTERM goes to each `ray start` process alone: it shuts its node down in order.
     """
     leaders = [pid for pid in cluster.process_groups if _group_alive(pid)]
-    processes = set(leaders) | _descendants(leaders)
+    processes = cluster_processes(cluster)
     for pid in reversed(leaders):
         _kill_quietly(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in processes):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in processes):
         time.sleep(0.2)
     for pid in processes:
         _kill_quietly(pid, signal.SIGKILL)

@@ -48,6 +48,7 @@ class TrialSummary:
 
     trial_id: str
     status: str  # Tune's: TERMINATED, ERROR, or PENDING/PAUSED/RUNNING when interrupted
+    params: dict[str, Any]  # Tune's params: drawn values, or {"row": name, "train.seed": s} in a grid
     overrides: dict[str, Any]  # the trial's dotted config values
     best: float | None  # best value of the sweep metric over its epochs
     epochs: int
@@ -235,7 +236,7 @@ def _summaries(spec: SweepSpec, trials, runs_by_trial: dict[str, Any]) -> list[T
         best = _best_metric(run, spec) if run is not None else None
         error = trial.get_error() if trial.status == "ERROR" else None
         summaries.append(TrialSummary(
-            trial_id=trial.trial_id, status=trial.status,
+            trial_id=trial.trial_id, status=trial.status, params=dict(trial.config),
             overrides=trial_overrides(spec, trial.config), best=best,
             epochs=int(last.get(TIME_ATTR, 0)), run_id=run.info.run_id if run else last.get(RUN_ID_KEY),
             node_id=last.get("node_id"), error=str(error).strip().splitlines()[-1] if error else None,

@@ -1,0 +1,107 @@
+"""`make bench` section: the cost of running trials through Ray Tune.
+
+sweep_overhead = wall time of an N-trial grid sweep through Ray Tune, 2 trials at a time on 2
+CPUs (the whole `run_sweep` call: Ray start, MLflow parent/child runs, per-epoch reports with
+checkpoints), divided by half the sum of the same trials' training times when run back to back
+in this process without Ray (1 thread each, as each trial gets 1 CPU). 1.0 means Tune adds
+nothing over perfect 2-way parallelism; target <= 1.15. Full: 8 trials on the `small`
+synthetic set, 2 epochs each; quick: 4 trials on `tiny`, 1 epoch.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from data_tools.synth import PRESETS, synthesize
+from msc_platform.config import apply_overrides
+from msc_platform.sweep import load_sweep_spec, run_sweep
+from msc_platform.sweep_spec import trial_config
+from msc_platform.train import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO_ROOT / "experiments" / "configs" / "synthetic.yaml"
+TARGET = 1.15
+
+
+def _sizes(quick: bool) -> dict:
+    if quick:
+        tiny = PRESETS["tiny"]
+        return {"preset": "tiny", "trials": 4, "epochs": 1, "batch": 8,
+                "overrides": {"model.text_dim": tiny.text_dim, "model.video_dim": tiny.video_dim,
+                              "model.hidden": 32, "model.heads": 2}}
+    return {"preset": "small", "trials": 8, "epochs": 2, "batch": 64, "overrides": {}}
+
+
+def _write_spec(folder: Path, data_root: Path, sizes: dict) -> Path:
+    """A grid spec of `trials` rows (different sim_thr / vl_coef), one seed, no scheduler."""
+    rows = {f"r{i}": {"model.sim_thr": round(0.6 + 0.04 * i, 2), "model.vl_coef": 0.05 * (i + 1)}
+            for i in range(sizes["trials"])}
+    spec = {"name": "bench", "base_config": str(BASE_CONFIG),
+            "overrides": {"data.root": str(data_root), "data.synthetic_preset": None,
+                          "train.epochs": sizes["epochs"], "train.batch_size": sizes["batch"],
+                          "train.device": "cpu", "train.progress": False,
+                          "tracking.experiment": "bench-sweep", "tracking.log_checkpoint": False,
+                          **sizes["overrides"]},
+            "max_concurrent_trials": 2, "max_failures": 0, "resources": {"cpu": 1, "gpu": 0},
+            "rows": rows, "seeds": [0]}
+    path = folder / "bench_sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _sequential_seconds(spec, folder: Path, uri: str) -> float:
+    """Train every trial of `spec` back to back in this process, 1 thread; total seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        for index, row in enumerate(spec.rows):
+            cfg = trial_config(spec, {"row": row, "train.seed": spec.seeds[0]})
+            cfg = apply_overrides(cfg, {"tracking.uri": uri, "tracking.experiment": "bench-sequential"})
+            train(cfg, folder / f"sequential_{index}")
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sweep_seconds(spec, folder: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    outcome = run_sweep(spec, storage=str(folder / "ray"), verbose=0)
+    done = sum(trial.status == "TERMINATED" for trial in outcome.trials)
+    return time.perf_counter() - start, done
+
+
+def run(quick: bool) -> list[dict]:
+    """Measure sweep_overhead; returns bench rows (see bench/run.py)."""
+    sizes = _sizes(quick)
+    with tempfile.TemporaryDirectory(prefix="msc_bench_sweep_") as tmp:
+        folder = Path(tmp)
+        synthesize(folder / "data", collection="synthetic", preset=sizes["preset"], seed=0)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        previous = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            spec = load_sweep_spec(_write_spec(folder, folder / "data", sizes))
+            sequential = _sequential_seconds(spec, folder, uri)
+            swept, done = _sweep_seconds(spec, folder)
+        finally:
+            if previous is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = previous
+    ratio = swept / (sequential / 2)
+    note = (f"{sizes['trials']} trials x {sizes['epochs']} epochs ({sizes['preset']}), "
+            f"{done} finished; sweep {swept:.1f}s vs back-to-back {sequential:.1f}s")
+    return [
+        {"name": "sweep_overhead", "value": ratio, "unit": "x", "target": f"<= {TARGET}",
+         "ok": ratio <= TARGET and done == sizes["trials"], "note": note},
+        {"name": "sweep_wall_s", "value": swept, "unit": "s", "target": None, "ok": None,
+         "note": "whole run_sweep call, Ray start included"},
+        {"name": "sweep_sequential_s", "value": sequential, "unit": "s", "target": None,
+         "ok": None, "note": "same trials back to back, no Ray, 1 thread"},
+    ]
