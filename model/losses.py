@@ -137,7 +137,7 @@ def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
     dist = dist.masked_fill(eye, 0.0)
     positive = dist > 0
     mean = (dist * positive).sum() / positive.sum().clamp(min=1)
-    return dist / mean
+    return dist / mean.clamp(min=1e-12)
 
 
 def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
