@@ -46,8 +46,10 @@ class SynthSizes:
     video_dim: int = 32
     text_dim: int = 32
     latent_dim: int = 16
-    detail: float = 0.8
-    duplicate_prob: float = 0.1
+    detail: float = 0.8  # weight of an event's own detail next to its concept
+    caption_noise: float = 0.3  # paraphrase noise of a caption around its event
+    frame_noise: float = 0.35  # per-frame noise next to unit event content
+    duplicate_prob: float = 0.1  # chance that an event nearly copies an earlier video's event
 
     def check(self) -> None:
         """Raise ValueError naming the first field out of range."""
@@ -61,6 +63,9 @@ class SynthSizes:
                 raise ValueError(f"synth size {low}_max must be >= {low}_min")
         if self.frames_min < self.events_max:
             raise ValueError("synth size frames_min must be >= events_max (one frame per event)")
+        for name in ("detail", "caption_noise", "frame_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"synth size {name}={getattr(self, name)} must be >= 0")
         if not 0.0 <= self.duplicate_prob <= 1.0:
             raise ValueError(f"synth size duplicate_prob={self.duplicate_prob} must be in [0, 1]")
 
@@ -70,7 +75,8 @@ PRESETS = {
     "small": SynthSizes(train_videos=800, val_videos=160, captions_min=2, captions_max=5,
                         events_min=3, events_max=6, frames_min=32, frames_max=192,
                         tokens_min=6, tokens_max=24, concepts=48, concept_groups=8,
-                        video_dim=64, text_dim=64, latent_dim=24),
+                        video_dim=64, text_dim=64, latent_dim=24, detail=0.5, caption_noise=0.6,
+                        frame_noise=0.5, duplicate_prob=0.25),
 }
 
 
@@ -164,7 +170,7 @@ def _event_frames(rng, world: _World, s: SynthSizes, event: _Event, length: int,
     t = np.linspace(0.0, 1.0, length)[:, None]  # [length, 1]
     drifting = _unit(content + 0.25 * ((1 - t) * start + t * end))  # [length, Dv]
     noise = rng.normal(size=(length, s.video_dim)) / np.sqrt(s.video_dim)
-    frames = world.video_common + drifting + 0.4 * style + 0.35 * noise
+    frames = world.video_common + drifting + 0.4 * style + s.frame_noise * noise
     scale = rng.uniform(0.95, 1.05, size=(length, 1))
     return _unit(frames) * scale
 
@@ -172,7 +178,7 @@ def _event_frames(rng, world: _World, s: SynthSizes, event: _Event, length: int,
 def _caption_tokens(rng, world: _World, s: SynthSizes, event: _Event) -> np.ndarray:
     """Text tokens of a caption of `event`; the end token carries the event most. [m, Dt]"""
     m = int(rng.integers(s.tokens_min, s.tokens_max + 1))
-    paraphrase = _unit(event.latent + 0.3 * _unit(rng.normal(size=s.latent_dim)))
+    paraphrase = _unit(event.latent + s.caption_noise * _unit(rng.normal(size=s.latent_dim)))
     content = _unit(paraphrase @ world.to_text)  # [Dt]
     weights = 0.15 + 0.6 * np.arange(m) / max(m - 1, 1)
     weights[-1] = 1.2
