@@ -97,7 +97,7 @@ def _pair_merge_level(x: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor
     merged = rank < (length - target)  # [B, P]
     width = 2 - merged.long()  # tokens each pair leaves, [B, P]
     start = width.cumsum(dim=1) - width  # first new index of each pair, [B, P]
-    odd = torch.tensor([0, 1], device=x.device)
+    odd = torch.arange(2, device=x.device)
     new_index = start.unsqueeze(2) + odd * (~merged).long().unsqueeze(2)  # [B, P, 2]
     new_index = new_index.reshape(batch, length)  # [B, N]
     weighted = x * sizes.unsqueeze(-1)  # [B, N, D]

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from bench.bench_ops import aten_op_count
 from model import merge
 from model.cbva import cbva_loss
 from tests.model import oracles
@@ -144,3 +145,7 @@ def test_cbva_and_closure_ignore_bf16_autocast():
     assert got[0].dtype == torch.float32
     assert_close(got[0], want[0])
     assert_close(got[1], want[1])
+
+
+def test_number_of_aten_ops_does_not_grow_with_the_batch():
+    assert aten_op_count(2) == aten_op_count(16)
