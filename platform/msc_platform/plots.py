@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from msc_platform.run_records import RunRecord
 from msc_platform.tables import is_number
@@ -22,6 +23,7 @@ DPI = 100
 PANEL_INCHES = (4.8, 3.6)
 MAX_COLUMNS = 3
 SUMR_METRIC = "best/SumR"
+MAX_EPOCH_TICKS = 12  # up to this many epochs, every epoch gets its own tick
 
 
 def panel_grid(panels: int) -> tuple[int, int]:
@@ -135,13 +137,19 @@ def plot_training_curves(curves: dict[str, dict[str, list[list[tuple[int, float]
     """
     figure, axes = _figure(max(1, len(curves)))
     for axis, (metric, by_row) in zip(axes, curves.items()):
+        epochs: set[int] = set()
         for row, histories in by_row.items():
             steps, values = _aligned(histories)
             if steps.size == 0:
                 continue
-            axis.plot(steps, values.mean(axis=0), label=row)
+            epochs.update(steps.tolist())
+            axis.plot(steps, values.mean(axis=0), marker="o", markersize=3, label=row)
             axis.fill_between(steps, values.min(axis=0), values.max(axis=0), alpha=0.2)
         axis.set(title=metric, xlabel="epoch", ylabel=metric)
+        if 0 < len(epochs) <= MAX_EPOCH_TICKS:
+            axis.set_xticks(sorted(epochs))
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)

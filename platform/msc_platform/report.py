@@ -110,6 +110,9 @@ def write_report(experiment: str, out_dir: Path, *, tracking_uri: str | None = N
     result = ReportResult(out_dir, kind, len(complete), len(records) - len(complete))
     writer = _Writer(out_dir)
     writer.markdown += _heading(experiment, kind, records, parent_run_id, client.tracking_uri)
+    if parent_run_id is None and len(parent_run_ids(records)) > 1:
+        result.notes.append(f"runs of {len(parent_run_ids(records))} sweeps are combined (the newest run per row "
+                            "and seed counts); pass --parent RUN_ID to tabulate one sweep")
     if complete:
         table = _main_tables(writer, records, kind, client, baseline, resamples, seed, result.notes)
         _plots(writer, records, kind, table, client, result.notes)
