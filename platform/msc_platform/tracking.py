@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PACKAGES = ("torch", "numpy", "mlflow", "ray", "h5py", "msc-platform")
-BATCH_LIMIT = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
+METRIC_BATCH = 1000  # ... and at most 1000 metrics
 TAG_LIMIT = 5000  # characters kept of a tag value (MLflow caps tag values)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,17 +119,17 @@ class RunTracker:
         return bool(self.client.get_run(self.run_id).data.params)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Log params (values as strings; None as 'None') in batches of BATCH_LIMIT."""
+        """Log params (values as strings; None as 'None'), PARAM_BATCH at a time."""
         items = [Param(key, str(value)) for key, value in params.items()]
-        for start in range(0, len(items), BATCH_LIMIT):
-            self.client.log_batch(self.run_id, params=items[start:start + BATCH_LIMIT])
+        for start in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(self.run_id, params=items[start:start + PARAM_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log finite-or-not float metrics at `step` in one batch."""
+        """Log {name: value} at `step` (NaN and inf are stored as they are)."""
         now = int(time.time() * 1000)
         items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+        for start in range(0, len(items), METRIC_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[start:start + METRIC_BATCH])
 
     def logged_steps(self, key: str) -> set[int]:
         """The steps at which metric `key` has been logged in this run."""
