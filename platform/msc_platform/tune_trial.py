@@ -48,8 +48,12 @@ class TrialContext:
 
 
 def trial_tags(spec: SweepSpec, params: dict[str, Any], trial_id: str) -> dict[str, str]:
-    """MLflow tags of a trial's child run: msc.sweep and msc.trial_id (+ msc.ablation/row/seed in grid mode)."""
-    tags = {"msc.sweep": spec.name, "msc.trial_id": trial_id}
+    """MLflow tags of a trial's child run: msc.sweep, msc.trial_id, the Ray node running it
+    (msc.node_id, msc.node_ip; a retry on another node updates them), and msc.ablation /
+    msc.row / msc.seed in grid mode."""
+    tags = {"msc.sweep": spec.name, "msc.trial_id": trial_id,
+            "msc.node_id": ray.get_runtime_context().get_node_id(),
+            "msc.node_ip": ray.util.get_node_ip_address()}
     if spec.is_grid:
         tags.update({"msc.ablation": spec.name, "msc.row": str(params[ROW_KEY]),
                      "msc.seed": str(params[SEED_KEY])})

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the spec, run the sweep, print the summary; returns the exit code."""
     try:
         spec = load_sweep_spec(args.spec, args.overrides)
+        warn_local_store(spec.base.tracking.uri, args.address or os.environ.get("RAY_ADDRESS"))
         outcome = run_sweep(spec, address=args.address, resume=args.resume,
                             storage=args.storage, verbose=0 if args.quiet else 1)
     except (SweepSpecError, ConfigError, ConnectionError) as err:
@@ -53,6 +54,14 @@ def run(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         return EXIT_INTERRUPTED
     return 0 if outcome.best_config else EXIT_NO_TRIAL
+
+
+def warn_local_store(configured_uri: str | None, address: str | None) -> None:
+    """On a cluster, say so when MLflow points at a local SQLite file other machines cannot reach."""
+    uri = configured_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    if address and uri.startswith("sqlite:"):
+        print(f"note: MLflow store {uri} is a local file; trials on other machines need a tracking "
+              "server (MLFLOW_TRACKING_URI=http://host:5000)", file=sys.stderr)
 
 
 def write_outcome(outcome: SweepOutcome, path: Path) -> None:
