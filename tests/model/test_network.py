@@ -52,7 +52,8 @@ def test_padded_query_tokens_change_nothing():
     model = MSC(tiny_config()).eval()
     reference = model.encode_queries(batch["tokens"], batch["token_mask"])
     longest = int(batch["token_mask"].sum(1).max())
-    garbage = batch["tokens"] + 2.0 * torch.randn_like(batch["tokens"]) * (1 - batch["token_mask"]).unsqueeze(-1)
+    padding = (1 - batch["token_mask"]).unsqueeze(-1)  # [Q, M, 1]
+    garbage = batch["tokens"] + 2.0 * torch.randn_like(batch["tokens"]) * padding
     torch.testing.assert_close(model.encode_queries(garbage, batch["token_mask"]), reference)
     short = model.encode_queries(batch["tokens"][:, :longest], batch["token_mask"][:, :longest])
     torch.testing.assert_close(short, reference, rtol=1e-5, atol=1e-6)
@@ -65,7 +66,8 @@ def test_similarity_is_the_max_over_tokens_and_fused_is_weighted():
     clip_cos, frame_cos = similarity(query, clips, frames, normalize=True)
     for q in range(4):
         for v in range(3):
-            assert float(clip_raw[q, v]) == pytest.approx(max(float(query[q] @ c) for c in clips[v]), rel=1e-5)
+            best_dot = max(float(query[q] @ c) for c in clips[v])
+            assert float(clip_raw[q, v]) == pytest.approx(best_dot, rel=1e-5)
             assert float(frame_cos[q, v]) == pytest.approx(
                 max(float(F.cosine_similarity(query[q], f, dim=0)) for f in frames[v]), rel=1e-5)
     assert frame_raw.shape == clip_cos.shape == (4, 3)
