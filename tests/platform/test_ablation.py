@@ -2,7 +2,7 @@
 end to end through the real sweep runner (Ray Tune grid, MLflow) into tables."""
 from __future__ import annotations
 
-import statistics
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -78,7 +78,7 @@ def _tiny_grid_spec(path: Path, data_root: Path) -> Path:
             "overrides": overrides, "max_concurrent_trials": 2, "resources": {"cpu": 1}, "max_failures": 0,
             "rows": {"a_baseline": {"model.tcp": False, "model.cbva": "off", "model.clip_tokens": "uniform"},
                      "e_adaptive": {"model.tcp": True, "model.cbva": "adaptive", "model.clip_tokens": "optome"}},
-            "seeds": [0, 1]}
+            "seeds": [0]}
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -96,16 +96,16 @@ def test_tiny_grid_runs_through_the_sweep_runner_into_tables(tiny_data_root, mlf
     parent = next(run for run in runs if run.data.tags.get("msc.role") == "sweep-parent")
     trials = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted((t.data.tags["msc.row"], t.data.tags["msc.seed"]) for t in trials) == [
-        ("a_baseline", "0"), ("a_baseline", "1"), ("e_adaptive", "0"), ("e_adaptive", "1")]
+        ("a_baseline", "0"), ("e_adaptive", "0")]
     assert all(t.info.status == "FINISHED" for t in trials)
 
     table = pd.read_csv(out / "results.csv").set_index("row")
     for row in ("a_baseline", "e_adaptive"):
         sumr = [t.data.metrics[key] for t in trials if t.data.tags["msc.row"] == row
                 for key in t.data.metrics if key.replace("@", "") == "best/SumR"]
-        assert table.loc[row, "seeds"] == 2
-        assert table.loc[row, "SumR_mean"] == pytest.approx(statistics.mean(sumr))
-        assert table.loc[row, "SumR_std"] == pytest.approx(statistics.stdev(sumr))
+        assert table.loc[row, "seeds"] == len(sumr) == 1
+        assert table.loc[row, "SumR_mean"] == pytest.approx(sumr[0])
+        assert math.isnan(table.loc[row, "SumR_std"])
     assert 0.0 <= table.loc["e_adaptive", "p_value"] <= 1.0
     assert pd.read_csv(out / "incomplete.csv").empty
     for name in ("summary.md", "results.tex", "results.parquet", "diagnostics.csv", "sumr_by_row.png",
