@@ -119,7 +119,7 @@ class MultiBranchAttentionLayer(nn.Module):
 
     Branch k multiplies its logits by the Gaussian prior of width widths[k] (None: no prior).
     Each layer: QK^T/sqrt(dh) -> *prior -> +key mask -> +log(size) -> softmax -> dropout -> @V,
-    dropout, residual, LayerNorm, then FFN D -> 4D -> D (ReLU, dropout), residual, LayerNorm.
+    output projection D -> D, dropout, residual, LayerNorm, then FFN D -> 4D -> D (ReLU, dropout), residual, LayerNorm.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float,
@@ -133,6 +133,7 @@ class MultiBranchAttentionLayer(nn.Module):
         self.heads = heads
         self.length = length
         self.qkv = StackedLinear(branches, hidden, 3 * hidden)
+        self.attn_out = StackedLinear(branches, hidden, hidden)
         self.attn_dropout = nn.Dropout(dropout)
         self.dropout = nn.Dropout(dropout)
         self.norm_attn = StackedLayerNorm(branches, hidden)
@@ -153,7 +154,7 @@ class MultiBranchAttentionLayer(nn.Module):
         if self.has_prior and x.shape[1] != self.length:
             raise ValueError(f"MultiBranchAttentionLayer: expected length {self.length}, "
                              f"got {x.shape[1]}")
-        context = self._attend(x, mask, size_bias)  # [K, B, L, D]
+        context = self.attn_out(self._attend(x, mask, size_bias))  # [K, B, L, D]
         hidden = self.norm_attn(x.unsqueeze(0) + self.dropout(context))  # [K, B, L, D]
         inner = self.dropout(F.relu(self.ffn_in(hidden)))  # [K, B, L, 4D]
         return self.norm_ffn(hidden + self.dropout(self.ffn_out(inner)))  # [K, B, L, D]
@@ -179,8 +180,11 @@ class MultiBranchAttentionLayer(nn.Module):
 
 
 class CrossAttentionLayer(nn.Module):
-    """One query token attends to a key sequence: attention + residual + LayerNorm,
-    FFN D -> D -> D (ReLU, dropout) + residual + LayerNorm. Key mask, no size bias."""
+    """One query token attends to a key sequence.
+
+    Attention with output projection D -> D + residual + LayerNorm, then FFN D -> D -> D
+    (ReLU, dropout) + residual + LayerNorm. Key mask, no size bias.
+    """
 
     def __init__(self, hidden: int, heads: int, dropout: float):
         super().__init__()
@@ -189,6 +193,7 @@ class CrossAttentionLayer(nn.Module):
         self.heads = heads
         self.query = nn.Linear(hidden, hidden)
         self.key_value = nn.Linear(hidden, 2 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
         self.attn_dropout = nn.Dropout(dropout)
         self.dropout = nn.Dropout(dropout)
         self.norm_attn = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
@@ -207,7 +212,7 @@ class CrossAttentionLayer(nn.Module):
         logits = query @ key.transpose(-1, -2) / math.sqrt(head_dim)  # [..., H, 1, L]
         logits = logits + key_mask_bias(mask).unsqueeze(-2).unsqueeze(-2)
         weights = self.attn_dropout(torch.softmax(logits, dim=-1))
-        context = (weights @ value).squeeze(-2).flatten(-2)  # [..., D]
+        context = self.attn_out((weights @ value).squeeze(-2).flatten(-2))  # [..., D]
         attended = self.norm_attn(token + self.dropout(context))
         inner = self.dropout(F.relu(self.ffn_in(attended)))
         return self.norm_ffn(attended + self.dropout(self.ffn_out(inner)))  # [..., D]

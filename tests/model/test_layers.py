@@ -55,6 +55,7 @@ def branch_reference(layer, k, width, x, mask, size_bias):
     if size_bias is not None:
         logits = logits + size_bias[:, None, None, :]
     context = (torch.softmax(logits, -1) @ value).transpose(1, 2).flatten(2)  # [B, L, D]
+    context = context @ layer.attn_out.weight[k] + layer.attn_out.bias[k]
     norm1 = F.layer_norm(x + context, (hidden,), layer.norm_attn.weight[k], layer.norm_attn.bias[k])
     inner = F.relu(norm1 @ layer.ffn_in.weight[k] + layer.ffn_in.bias[k])
     ffn = inner @ layer.ffn_out.weight[k] + layer.ffn_out.bias[k]
@@ -71,6 +72,7 @@ def cross_reference(layer, token, keys, mask):
     logits = query @ key.transpose(-1, -2) / math.sqrt(hidden // heads)  # [B, H, 1, L]
     logits = logits + ((1 - mask) * -10000.0)[:, None, None, :]
     context = (torch.softmax(logits, -1) @ value).squeeze(2).flatten(1)  # [B, D]
+    context = F.linear(context, layer.attn_out.weight, layer.attn_out.bias)
     norm1 = F.layer_norm(token + context, (hidden,), layer.norm_attn.weight, layer.norm_attn.bias)
     ffn = F.linear(F.relu(F.linear(norm1, layer.ffn_in.weight, layer.ffn_in.bias)),
                    layer.ffn_out.weight, layer.ffn_out.bias)
