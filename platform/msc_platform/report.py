@@ -156,6 +156,10 @@ def _main_tables(writer: _Writer, records: list[RunRecord], kind: str, client: M
     diagnostics = diagnostics_table(records, table)
     writer.table("diagnostics", "Semantic-collapse diagnostics", diagnostics, diagnostics_display(diagnostics, kind))
     notes.append(BOOTSTRAP_NOTE.format(resamples=resamples, seed=seed))
+    rowless = sum(record.complete and record.row is None for record in records)
+    if rowless:
+        notes.append(f"{rowless} complete runs without an msc.row tag (a plain sweep?) are left out of the grid "
+                     "tables; pass --parent RUN_ID to tabulate one sweep")
     if table["p_value"].isna().sum() > table["is_baseline"].sum():
         notes.append("p = n/a: a run of that row or of the baseline has no ranks.parquet artifact")
     return table
