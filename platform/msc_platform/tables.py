@@ -45,6 +45,7 @@ PAPER_SUMR_QVHIGHLIGHTS = {  # spec §8, paper Tab. 1
 QVHIGHLIGHTS_COLLECTIONS = ("qvhighlight", "qvhighlights")
 COLLECTION_PARAM = "data.collection"
 IGNORED_PARAM_PREFIXES = ("tracking.",)
+KEYS_FIRST = ("model.rkd_d_coef", "model.rkd_a_coef")
 
 
 def table_kind(records: Iterable[RunRecord]) -> str:
@@ -165,7 +166,7 @@ def sensitivity_table(records: list[RunRecord], ranks: RanksFn,
     common = modal_params([run for runs in groups.values() for run in runs])
     frames = []
     for factor, rows in factor_rows(groups).items():
-        keys = varied_keys([run for row in rows for run in groups[row]])
+        keys = sorted(varied_keys([run for row in rows for run in groups[row]]), key=_key_order)
         values = {row: _row_value(groups[row][0], keys) for row in rows}
         order = sorted(rows, key=lambda row: _value_sort_key(values[row]))
         base = DEFAULT_ROW if DEFAULT_ROW in rows else next(
@@ -175,6 +176,11 @@ def sensitivity_table(records: list[RunRecord], ranks: RanksFn,
         frame.insert(2, "label", [values[row] for row in order])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    """Keys of KEYS_FIRST in that order (the paper writes rkd_d_coef:rkd_a_coef), then the rest."""
+    return (KEYS_FIRST.index(key), "") if key in KEYS_FIRST else (len(KEYS_FIRST), key)
 
 
 def _row_value(run: RunRecord, keys: list[str]) -> str:

@@ -204,6 +204,15 @@ def test_sensitivity_without_default_row_compares_with_the_most_common_value():
     assert table["delta_SumR"].tolist() == pytest.approx([0.0, -10.0, 0.0, 20.0, 10.0])
 
 
+def test_rkd_pairs_show_distance_then_angle():
+    best = {name: 1.0 for name in ("R@1", "R@5", "R@10", "R@100", "SumR")}
+    pairs = {"default": ("15.0", "30.0"), "rkd__5_10": ("5.0", "10.0"), "rkd__20_40": ("20.0", "40.0")}
+    records = [_record(row, 0, best, {"model.rkd_d_coef": d, "model.rkd_a_coef": a}) for row, (d, a) in pairs.items()]
+    table = sensitivity_table(records, lambda run_id: None, resamples=10)
+    assert table["group"].tolist() == ["rkd (model.rkd_d_coef:model.rkd_a_coef)"] * 3
+    assert table["label"].tolist() == ["5.0:10.0", "15.0:30.0", "20.0:40.0"]
+
+
 def _record(row: str, seed: int, best: dict, params: dict) -> RunRecord:
     return RunRecord(run_id=f"{row}-{seed}", run_name=row, status="FINISHED", start_time=0, parent_run_id="p",
                      row=row, seed=seed, trial_id=None, params=params,
