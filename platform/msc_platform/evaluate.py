@@ -168,7 +168,8 @@ def evaluate_loaders(model, video_loader, query_loader, cfg: MSCConfig, *,
 def evaluate(model, loaders, cfg, *, device: torch.device | str = "cpu") -> dict:
     """Evaluate on the validation loaders of `loaders` with the chunk sizes of ExperimentConfig `cfg`.
 
-    `loaders` is what data_tools.datasets.make_loaders returns. See evaluate_loaders for the result.
+    `loaders` has `val_videos` and `val_queries` (data_tools' make_loaders result, or
+    msc_platform.data.TrainingData). See evaluate_loaders for the result.
     """
     return evaluate_loaders(model, loaders.val_videos, loaders.val_queries, cfg.model,
                             device=device, chunk=cfg.train.eval_query_chunk,
