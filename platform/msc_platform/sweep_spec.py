@@ -23,7 +23,7 @@ DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 SCHEDULERS = ("asha", "none")
 SPEC_KEYS = ("name", "base_config", "overrides", "metric", "mode", "num_samples",
              "max_concurrent_trials", "seed", "resources", "max_failures", "storage_path",
-             "scheduler", "space", "rows", "seeds", "experiment", "description")
+             "scheduler", "space", "rows", "seeds", "experiment", "description", "reuse_actors")
 ROW_KEY = "row"
 SEED_KEY = "train.seed"
 
@@ -70,6 +70,7 @@ class SweepSpec:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_failures: int = 2
+    reuse_actors: bool = True  # run the next trial in a finished trial's worker (no new process)
     storage_path: str | None = None
     experiment: str | None = None
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
@@ -331,6 +332,9 @@ def _parse_common(data: dict[str, Any], spec: SweepSpec, path: Path) -> None:
     spec.seed = _as_int(data.get("seed", 0), path, "seed", 0)
     spec.max_failures = _as_int(data.get("max_failures", 2), path, "max_failures", 0)
     spec.cpus_per_trial, spec.gpus_per_trial = _parse_resources(data.get("resources"), path)
+    spec.reuse_actors = data.get("reuse_actors", True)
+    if not isinstance(spec.reuse_actors, bool):
+        raise _fail(path, "reuse_actors", f"expected true or false, got {spec.reuse_actors!r}")
     storage = data.get("storage_path")
     if storage is not None and (not isinstance(storage, str) or not storage):
         raise _fail(path, "storage_path", f"expected a path or URI, got {storage!r}")

@@ -44,6 +44,7 @@ def test_shipped_spec_builds_searcher_scheduler_and_space(path):
     assert isinstance(config.scheduler, ASHAScheduler)
     assert config.metric == "SumR" and config.mode == "max"
     assert config.max_concurrent_trials == spec.max_concurrent_trials
+    assert not config.reuse_actors  # ASHA's stops cannot hand a worker over cleanly
     space = param_space(spec)
     assert isinstance(space["model.cbva"], tune.search.sample.Categorical)
     assert space["model.cbva"].categories == ["adaptive", "fixed", "off"]
@@ -69,6 +70,7 @@ def test_grid_mode_is_rows_times_seeds_without_searcher(tmp_path):
     assert spec.is_grid and spec.total_trials == 4
     config = tune_config(spec)
     assert config.search_alg is None and config.scheduler is None
+    assert config.reuse_actors  # a finished trial's worker runs the next trial
     space = param_space(spec)
     assert space["row"] == {"grid_search": ["a", "b"]}
     assert space["train.seed"] == {"grid_search": [3, 4]}
@@ -94,6 +96,7 @@ def test_grid_mode_is_rows_times_seeds_without_searcher(tmp_path):
     (SEARCH + "resources: {cpu: 1, gpu: 1.5}\n", "resources.gpu", "fraction"),
     (SEARCH + "scheduler: {type: hyperband}\n", "scheduler.type", "expected one of"),
     (SEARCH + "mode: maximum\n", "mode", "expected 'max' or 'min'"),
+    (SEARCH + "reuse_actors: maybe\n", "reuse_actors", "expected true or false"),
 ])
 def test_bad_spec_names_file_key_and_problem(tmp_path, body, key, problem):
     path = write_spec(tmp_path, body)
