@@ -1,7 +1,9 @@
 """The `msc` console command: one sub-command family per module.
 
-Each module listed in COMMAND_MODULES exposes `register(subparsers)`, which adds its
-sub-commands and sets `func` on their parsers; `func(args)` returns the exit code.
+Each module in COMMAND_MODULES exposes `register(subparsers)`, which adds its sub-commands
+and sets `func` on their parsers; `func(args)` returns the exit code. Only the module of the
+sub-command being run is imported (Ray, MLflow and torch are slow to import), except for
+`msc --help` or an unknown command, where every module registers so the listing is complete.
 """
 from __future__ import annotations
 
@@ -9,32 +11,38 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "msc_platform.commands.data",
-    "msc_platform.commands.train",
-    "msc_platform.commands.sweep",
-    "msc_platform.commands.tables",
-)
+COMMAND_MODULES = {
+    "data": "msc_platform.commands.data",
+    "train": "msc_platform.commands.train",
+    "eval": "msc_platform.commands.train",
+    "sweep": "msc_platform.commands.sweep",
+    "tables": "msc_platform.commands.tables",
+    "ablation": "msc_platform.commands.tables",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every registered sub-command."""
+def _modules_for(argv: list[str]) -> list[str]:
+    """The command modules needed to parse `argv`: the chosen command's, or all of them."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    if first in COMMAND_MODULES:
+        return [COMMAND_MODULES[first]]
+    return list(dict.fromkeys(COMMAND_MODULES.values()))
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with the sub-commands that `argv` needs (all when None)."""
     parser = argparse.ArgumentParser(prog="msc", description="Train, sweep and ablate MSC.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            continue
-        module.register(subparsers)
+    names = _modules_for(argv) if argv is not None else list(dict.fromkeys(COMMAND_MODULES.values()))
+    for name in names:
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv` and run the chosen sub-command; returns its exit code."""
-    args = build_parser().parse_args(argv)
+    """Parse `argv` (default: the process arguments) and run the chosen sub-command."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return int(args.func(args) or 0)
 
 
