@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from msc_platform.cluster import (HEAD_IP, cluster_nodes, cluster_processes, free_port,
+from msc_platform.cluster import (cluster_nodes, cluster_processes, free_port,
                                   pid_alive, start_local_cluster, stop_cluster)
 from tests.platform.test_sweep_run import (driver_env, finish_driver, result_rows, start_driver,
                                            wait_until, write_tiny_spec)
