@@ -107,15 +107,17 @@ def child_runs(client: MlflowClient, experiment: str) -> list:
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, tiny_data_root):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "resume", epochs=1, body={
-        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7,
-        "scheduler": {"type": "asha", "grace_period": 1},
+    # One trial at a time, 3 epochs each, no early stopping: after the first trial's last epoch
+    # the second one is surely still running when SIGINT arrives.
+    epochs = 3
+    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "resume", epochs=epochs, body={
+        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"},
         "space": {"model.sim_thr": {"uniform": [0.6, 0.95]}, "model.tcp": {"choice": [True, False]}}})
     client = MlflowClient(tracking_uri=uri)
     env = driver_env(uri)
 
     driver = start_driver(spec, tmp_path, env)
-    last_epoch = lambda: [r for r in result_rows(tmp_path / "ray") if r.get("epoch") == 1]
+    last_epoch = lambda: [r for r in result_rows(tmp_path / "ray") if r.get("epoch") == epochs]
     wait_until(lambda: bool(last_epoch()), 240, driver, tmp_path)
     driver.send_signal(signal.SIGINT)
     code, log = finish_driver(driver, tmp_path, 120)
@@ -138,7 +140,7 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, t
     again = client.get_run(first.info.run_id)
     assert again.info.end_time == first.info.end_time  # the finished trial did not run again
     steps = [m.step for m in client.get_metric_history(first.info.run_id, "loss/total")]
-    assert steps == [0]
+    assert steps == list(range(epochs))
     parent = client.get_run(outcome["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["msc.role"] == "sweep-parent"
