@@ -146,3 +146,27 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, t
     assert parent.data.tags["msc.role"] == "sweep-parent"
     assert parent.data.metrics["trials/terminated"] == 2
     assert parent.data.metrics["best/SumR"] == max(t["best"] for t in outcome["trials"])
+
+
+@pytest.mark.slow
+def test_search_sweep_with_asha_closes_every_trial_run(tmp_path, tiny_data_root):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "search", epochs=2, body={
+        "num_samples": 3, "max_concurrent_trials": 2, "seed": 3,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]},
+                  "model.cbva": {"choice": ["adaptive", "off"]}}})
+    code, log = finish_driver(start_driver(spec, tmp_path, driver_env(uri)), tmp_path, 300)
+    assert code == 0, log[-3000:]
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 3
+    for trial in outcome["trials"]:
+        assert 0.6 <= trial["params"]["model.sim_thr"] <= 0.95
+        assert trial["params"]["model.cbva"] in ("adaptive", "off")
+    runs = child_runs(MlflowClient(tracking_uri=uri), "search")
+    assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
+        t["trial_id"] for t in outcome["trials"])
+    assert all(r.info.status == "FINISHED" and "best/SumR" in r.data.metrics for r in runs)
+    best = max(outcome["trials"], key=lambda t: t["best"])
+    assert outcome["best_config"] == best["overrides"]
+    assert outcome["best_metrics"]["best/SumR"] == best["best"]
