@@ -1,5 +1,8 @@
 """`make bench`: run every benchmark section, print one table, write bench/results.json.
 
+`--only SECTION ...` re-measures those sections and keeps the other sections' last rows in
+results.json (each row records when it was measured).
+
 Each module in SECTIONS exposes `run(quick: bool) -> list[dict]`; a row is
 {"name", "value", "unit", "target" (str or None), "ok" (bool or None), "note"}.
 """
@@ -46,6 +49,15 @@ def _print_table(rows: list[dict]) -> None:
         print(f"{row['name']:44s} {shown} {row.get('unit', ''):8s} {str(row.get('target') or ''):10s} {ok}")
 
 
+def _kept_rows(new_rows: list[dict]) -> list[dict]:
+    """Rows of the previous results.json whose sections this run did not measure (`--only`)."""
+    if not RESULTS.exists():
+        return []
+    measured = {row["section"] for row in new_rows}
+    previous = json.loads(RESULTS.read_text()).get("results", [])
+    return [row for row in previous if row.get("section") not in measured]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", help="section module names to run (default: all)")
@@ -63,13 +75,15 @@ def main() -> int:
             continue
         start = time.perf_counter()
         section_rows = module.run(quick=args.quick)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         for row in section_rows:
             row.setdefault("section", name.rsplit(".", 1)[-1])
+            row.setdefault("when", when)
         rows.extend(section_rows)
         print(f"[{name}] {time.perf_counter() - start:.1f}s", flush=True)
     _print_table(rows)
-    payload = {"machine": _machine(), "quick": args.quick, "results": rows,
-               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    payload = {"machine": _machine(), "quick": args.quick,
+               "results": _kept_rows(rows) + rows}
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, RESULTS)

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml
 
-from msc_platform.config import SECTIONS, ConfigError, ExperimentConfig, apply_overrides, load_config
+from msc_platform.config import (SECTIONS, ConfigError, ExperimentConfig, apply_overrides, load_config,
+                                 parse_overrides)
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 SCHEDULERS = ("asha", "none")
@@ -110,10 +111,6 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text.strip() else ""
-
-
 def split_overrides(overrides: list[str], path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split CLI `key=value` items into (spec settings, training-config overrides).
 
@@ -121,16 +118,12 @@ def split_overrides(overrides: list[str], path: Path) -> tuple[dict[str, Any], d
     config; the others set spec keys (`num_samples=4`, `scheduler.grace_period=2`).
     Raises SweepSpecError for an item without '='.
     """
+    try:
+        parsed = parse_overrides(overrides)
+    except ConfigError as err:
+        raise SweepSpecError(f"{path}: {err}") from None
     spec_items, config_items = {}, {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SweepSpecError(f"{path}: override {item!r}: expected key=value")
-        try:
-            value = _parse_value(text)
-        except yaml.YAMLError as err:
-            raise SweepSpecError(f"{path}: override {item!r}: cannot parse value: {err}") from err
+    for key, value, _ in parsed:
         target = config_items if key.split(".", 1)[0] in SECTIONS else spec_items
         target[key] = value
     return spec_items, config_items
