@@ -113,13 +113,40 @@ def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
 
     Call it after Ray is shut down (no trial can still be closing its own run).
     outcomes: {trial_id: {"status": Tune status, "error": str | None, "checkpoint_dir": str | None}}.
-    TERMINATED -> FINISHED (best scores from the trial's last checkpoint when the run lacks them);
+    TERMINATED -> FINISHED (best scores from the trial's last checkpoint, else from the run's own
+    epoch history, when the run lacks them; also for a run the stop left KILLED);
     ERROR -> FAILED with tag `error`; anything else (an interrupted sweep) -> KILLED, reopened on
     resume.
     """
     for trial_id, run in runs_by_trial.items():
-        if run.info.status == "RUNNING":
-            _settle_one(client, run, outcomes.get(trial_id, {}))
+        outcome = outcomes.get(trial_id, {})
+        if run.info.status == "RUNNING" or _stopped_run_of_finished_trial(run, outcome):
+            _settle_one(client, run, outcome)
+
+
+def _stopped_run_of_finished_trial(run, outcome: dict[str, Any]) -> bool:
+    """A trial Tune ended normally (TERMINATED) whose run was closed KILLED or without scores:
+    the scheduler's stop reached the trainer outside its epoch report."""
+    return outcome.get("status") == "TERMINATED" and (
+        run.info.status == "KILLED" or "best/SumR" not in run.data.metrics)
+
+
+def _best_from_history(client: MlflowClient, run) -> dict[str, float]:
+    """`best/*` scores rebuilt from the run's own per-epoch `val/*` and `diag/*` history,
+    at the epoch with the highest `val/SumR` (the earliest on a tie); {} without history."""
+    sumr = client.get_metric_history(run.info.run_id, "val/SumR")
+    if not sumr:
+        return {}
+    best_epoch = max(sumr, key=lambda m: (m.value, -m.step)).step
+    best = {"best_epoch": float(best_epoch)}
+    for key in run.data.metrics:
+        section, _, name = key.partition("/")
+        if section in ("val", "diag"):
+            at_best = [m.value for m in client.get_metric_history(run.info.run_id, key)
+                       if m.step == best_epoch]
+            if at_best:
+                best[f"best/{name}"] = at_best[-1]
+    return best
 
 
 def _settle_one(client: MlflowClient, run, outcome: dict[str, Any]) -> None:
@@ -127,9 +154,12 @@ def _settle_one(client: MlflowClient, run, outcome: dict[str, Any]) -> None:
     status = outcome.get("status")
     if status == "TERMINATED":
         if "best/SumR" not in run.data.metrics:
-            best = _best_from_checkpoint(outcome.get("checkpoint_dir"))
+            best = (_best_from_checkpoint(outcome.get("checkpoint_dir"))
+                    or _best_from_history(client, run))
             if best:
                 tracker.log_metrics(best, step=int(best.get("best_epoch", 0)))
+        if "error" in run.data.tags:
+            client.delete_tag(run.info.run_id, "error")
         tracker.set_tags({"stop_reason": "the scheduler stopped the trial; run closed by the sweep driver"})
         tracker.finish("FINISHED")
     elif status == "ERROR":
