@@ -43,9 +43,10 @@ ablation: $(STAMP) ## run the paper's Tab. 1 component grid and write its tables
 	$(VENV)/bin/msc ablation $(ABLATION) $(if $(ADDRESS),--address $(ADDRESS)) $(if $(RESUME),--resume) $(ARGS)
 
 tables: $(STAMP) ## write tables and plots for an MLflow experiment (EXPERIMENT=name)
+	$(if $(EXPERIMENT),,$(error make tables needs EXPERIMENT=<MLflow experiment name>))
 	$(VENV)/bin/msc tables --experiment $(EXPERIMENT) $(ARGS)
 
-mlflow-ui: $(STAMP) ## open the MLflow UI on the same store (http://127.0.0.1:$(MLFLOW_PORT))
+mlflow-ui: $(STAMP) ## open the MLflow UI on the same store (http://127.0.0.1:5000; MLFLOW_PORT=...)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 cluster-up: $(STAMP) ## start a local two-node Ray cluster (head + worker) on loopback
