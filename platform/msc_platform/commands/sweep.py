@@ -23,19 +23,26 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep", help="run a Ray Tune sweep (search space or ablation grid) from a YAML spec",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="sweep spec YAML, e.g. experiments/sweeps/default.yaml")
+    add_run_arguments(parser, "sweep", "experiments/sweeps/default.yaml", "num_samples=4")
+    parser.add_argument("--json", dest="json_path", default=None,
+                        help="also write the outcome as JSON to this file")
+    parser.set_defaults(func=run)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, kind: str, example: str,
+                      spec_key_example: str) -> None:
+    """The arguments every Tune-run command shares: spec, overrides, --address, --resume,
+    --storage, --quiet (`kind` names the run in the help: sweep or grid)."""
+    parser.add_argument("spec", help=f"{kind} spec YAML, e.g. {example}")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="spec keys (num_samples=4) or training config keys (train.epochs=2)")
+                        help=f"spec keys ({spec_key_example}) or training config keys (train.epochs=2)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster to join (host:port); default $RAY_ADDRESS, else local Ray")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the latest interrupted sweep of this spec")
+                        help=f"continue the latest interrupted {kind} of this spec")
     parser.add_argument("--storage", default=None,
                         help="results folder or URI (default: the spec's storage_path or runs/sweeps/<name>)")
-    parser.add_argument("--json", dest="json_path", default=None,
-                        help="also write the outcome as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from msc_platform.ablation import run_ablation
 from msc_platform.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from msc_platform.commands.sweep import add_run_arguments
 from msc_platform.config import ConfigError
 from msc_platform.report import ReportError, ReportResult, write_report
 from msc_platform.run_records import RunLookupError
@@ -37,14 +38,8 @@ def register(subparsers) -> None:
     ablation = subparsers.add_parser(
         "ablation", help="run an ablation grid (experiments/ablations/*.yaml) and write its tables",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ablation.add_argument("spec", help="grid spec YAML, e.g. experiments/ablations/components.yaml")
-    ablation.add_argument("overrides", nargs="*", metavar="key=value",
-                          help="spec keys (seeds=[0]) or training config keys (train.epochs=2)")
-    ablation.add_argument("--address", default=None, help="Ray cluster to join (default $RAY_ADDRESS, else local)")
-    ablation.add_argument("--resume", action="store_true", help="continue the latest interrupted grid of this spec")
-    ablation.add_argument("--storage", default=None, help="Ray Tune results folder or URI")
+    add_run_arguments(ablation, "grid", "experiments/ablations/components.yaml", "seeds=[0]")
     ablation.add_argument("--out", default=None, help="tables folder (default: runs/ablations/<name>/tables)")
-    ablation.add_argument("--quiet", action="store_true", help="no Ray Tune progress table")
     _add_report_options(ablation)
     ablation.set_defaults(func=run_ablation_command)
 
