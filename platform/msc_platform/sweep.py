@@ -267,12 +267,11 @@ def _best_metric(run, spec: SweepSpec) -> float | None:
 def _outcomes(trials) -> dict[str, dict[str, Any]]:
     outcomes = {}
     for trial in trials:
-        checkpoint = trial.checkpoint
         error = trial.get_error() if trial.status == "ERROR" else None
         outcomes[trial.trial_id] = {
             "status": trial.status,
             "error": str(error).strip().splitlines()[-1][:1000] if error else None,
-            "checkpoint_dir": checkpoint.path if checkpoint is not None else None}
+            "checkpoint": trial.checkpoint}
     return outcomes
 
 

@@ -20,7 +20,7 @@ from msc_platform.checkpoint import CheckpointError, load_checkpoint
 from msc_platform.config import to_yaml
 from msc_platform.sweep_spec import SweepSpec
 from msc_platform.tracking import RunTracker, tracking_uri
-from msc_platform.train import LAST
+from msc_platform.train import LAST, log_run_record
 
 PARENT_ROLE = "sweep-parent"
 
@@ -98,13 +98,23 @@ def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> lis
                               filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
 
 
-def _best_from_checkpoint(checkpoint_dir: str | None) -> dict[str, float]:
-    if not checkpoint_dir:
-        return {}
+def _log_record_from_checkpoint(tracker: RunTracker, checkpoint) -> bool:
+    """Log the run record (train.log_run_record) from a trial's last Tune checkpoint.
+
+    checkpoint: a ray.tune.Checkpoint of the trainer's folder, or None. Returns False (logging
+    nothing) when there is none or its last.pt cannot be read.
+    """
+    if checkpoint is None:
+        return False
     try:
-        return dict(load_checkpoint(Path(checkpoint_dir) / LAST).get("best_metrics") or {})
-    except CheckpointError:
-        return {}
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(Path(folder) / LAST)
+            log_run_record(tracker, dict(state.get("best_metrics") or {}), state["epoch"],
+                           state["history"], Path(folder),
+                           bool(state["config"]["tracking"]["log_checkpoint"]))
+    except (CheckpointError, OSError, KeyError):
+        return False
+    return True
 
 
 def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
@@ -112,9 +122,12 @@ def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
     """End every child run the trials left RUNNING, by what Tune says happened to the trial.
 
     Call it after Ray is shut down (no trial can still be closing its own run).
-    outcomes: {trial_id: {"status": Tune status, "error": str | None, "checkpoint_dir": str | None}}.
-    TERMINATED -> FINISHED (best scores from the trial's last checkpoint, else from the run's own
-    epoch history, when the run lacks them; also for a run the stop left KILLED);
+    outcomes: {trial_id: {"status": Tune status, "error": str | None,
+    "checkpoint": the trial's last ray.tune.Checkpoint or None}}.
+    TERMINATED -> FINISHED, with the run record (best scores, metrics.json, ranks, best
+    checkpoint) logged from the trial's last checkpoint, else best scores from the run's own
+    epoch history; also for a run the stop left KILLED, or FAILED by an error raised while its
+    worker was being torn down (Tune had ended the trial, so the error is not the trial's);
     ERROR -> FAILED with tag `error`; anything else (an interrupted sweep) -> KILLED, reopened on
     resume.
     """
@@ -125,10 +138,10 @@ def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
 
 
 def _stopped_run_of_finished_trial(run, outcome: dict[str, Any]) -> bool:
-    """A trial Tune ended normally (TERMINATED) whose run was closed KILLED or without scores:
-    the scheduler's stop reached the trainer outside its epoch report."""
+    """A trial Tune ended normally (TERMINATED) whose run is not FINISHED with scores: the
+    scheduler's stop tore the worker down while the trainer was still closing its run."""
     return outcome.get("status") == "TERMINATED" and (
-        run.info.status == "KILLED" or "best/SumR" not in run.data.metrics)
+        run.info.status != "FINISHED" or "best/SumR" not in run.data.metrics)
 
 
 def _best_from_history(client: MlflowClient, run) -> dict[str, float]:
@@ -153,9 +166,8 @@ def _settle_one(client: MlflowClient, run, outcome: dict[str, Any]) -> None:
     tracker = RunTracker(client, run.info.run_id)
     status = outcome.get("status")
     if status == "TERMINATED":
-        if "best/SumR" not in run.data.metrics:
-            best = (_best_from_checkpoint(outcome.get("checkpoint_dir"))
-                    or _best_from_history(client, run))
+        if not _log_record_from_checkpoint(tracker, outcome.get("checkpoint")):
+            best = _best_from_history(client, run)
             if best:
                 tracker.log_metrics(best, step=int(best.get("best_epoch", 0)))
         if "error" in run.data.tags:

@@ -291,18 +291,32 @@ def _run_epochs(trainer: _Trainer, tracker: RunTracker, out_dir: Path,
             on_epoch(EpochReport(epoch, {**row, "SumR": sumr}, out_dir, last, tracker.run_id, is_best))
 
 
+def log_run_record(tracker: RunTracker, best_metrics: dict[str, float], last_epoch: int,
+                   history: list[dict], folder: Path, log_checkpoint: bool) -> None:
+    """Log a run's closing record from a trainer folder (out_dir or a copy of it).
+
+    The record: the best/... scores (at step last_epoch), metrics.json (best, epochs run,
+    history), folder/ranks.parquet and, with log_checkpoint, folder/best.pt under checkpoints/.
+    train() logs it at the end of a run; the sweep driver logs it from a trial's last Tune
+    checkpoint when the trial's worker was stopped before it could. Logging it twice overwrites
+    the artifacts. Raises what MLflow raises when the store cannot be written.
+    """
+    if best_metrics:
+        tracker.log_metrics(best_metrics, step=max(last_epoch, 0))
+    tracker.log_json({"best": best_metrics, "epochs_run": last_epoch + 1, "history": history},
+                     "metrics.json")
+    if (folder / RANKS).is_file():
+        tracker.log_artifact(folder / RANKS)
+    if log_checkpoint and (folder / BEST).is_file():
+        tracker.log_artifact(folder / BEST, "checkpoints")
+
+
 def _finish(trainer: _Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult:
     """Log best metrics and artifacts, end the run FINISHED, and build the result."""
     state, cfg = trainer.state, trainer.cfg
     best_path = out_dir / BEST if (out_dir / BEST).is_file() else None
-    if state.best_metrics:
-        tracker.log_metrics(state.best_metrics, step=max(state.epoch, 0))
-    tracker.log_json({"best": state.best_metrics, "epochs_run": state.epoch + 1,
-                      "history": state.history}, "metrics.json")
-    if (out_dir / RANKS).is_file():
-        tracker.log_artifact(out_dir / RANKS)
-    if best_path is not None and cfg.tracking.log_checkpoint:
-        tracker.log_artifact(best_path, "checkpoints")
+    log_run_record(tracker, state.best_metrics, state.epoch, state.history, out_dir,
+                   cfg.tracking.log_checkpoint)
     tracker.finish("FINISHED")
     return TrainResult(state.best_sumr, state.best_epoch, dict(state.best_metrics),
                        tracker.run_id, best_path, "FINISHED")

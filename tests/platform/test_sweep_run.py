@@ -168,6 +168,10 @@ def test_search_sweep_with_asha_closes_every_trial_run(tmp_path, tiny_data_root)
         t["trial_id"] for t in outcome["trials"])
     closed = [(r.info.status, "best/SumR" in r.data.metrics, r.data.tags.get("error")) for r in runs]
     assert all(status == "FINISHED" and has_best for status, has_best, _ in closed), closed
+    client = MlflowClient(tracking_uri=uri)
+    for run in runs:  # the full record, even when ASHA's stop tore the worker down mid-logging
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"metrics.json", "ranks.parquet"} <= artifacts, (run.info.run_id, artifacts)
     best = max(outcome["trials"], key=lambda t: t["best"])
     assert outcome["best_config"] == best["overrides"]
     assert outcome["best_metrics"]["best/SumR"] == best["best"]
