@@ -119,7 +119,8 @@ class MultiBranchAttentionLayer(nn.Module):
 
     Branch k multiplies its logits by the Gaussian prior of width widths[k] (None: no prior).
     Each layer: QK^T/sqrt(dh) -> *prior -> +key mask -> +log(size) -> softmax -> dropout -> @V,
-    output projection D -> D, dropout, residual, LayerNorm, then FFN D -> 4D -> D (ReLU, dropout), residual, LayerNorm.
+    output projection D -> D, dropout, residual, LayerNorm, then FFN D -> 4D -> D (ReLU; dropout
+    on its output), residual, LayerNorm.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float,
@@ -156,7 +157,7 @@ class MultiBranchAttentionLayer(nn.Module):
                              f"got {x.shape[1]}")
         context = self.attn_out(self._attend(x, mask, size_bias))  # [K, B, L, D]
         hidden = self.norm_attn(x.unsqueeze(0) + self.dropout(context))  # [K, B, L, D]
-        inner = self.dropout(F.relu(self.ffn_in(hidden)))  # [K, B, L, 4D]
+        inner = F.relu(self.ffn_in(hidden))  # [K, B, L, 4D]; one dropout, on the output
         return self.norm_ffn(hidden + self.dropout(self.ffn_out(inner)))  # [K, B, L, D]
 
     def _attend(self, x: torch.Tensor, mask: torch.Tensor,
@@ -183,7 +184,7 @@ class CrossAttentionLayer(nn.Module):
     """One query token attends to a key sequence.
 
     Attention with output projection D -> D + residual + LayerNorm, then FFN D -> D -> D
-    (ReLU, dropout) + residual + LayerNorm. Key mask, no size bias.
+    (ReLU; dropout on its output) + residual + LayerNorm. Key mask, no size bias.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float):
@@ -214,7 +215,7 @@ class CrossAttentionLayer(nn.Module):
         weights = self.attn_dropout(torch.softmax(logits, dim=-1))
         context = self.attn_out((weights @ value).squeeze(-2).flatten(-2))  # [..., D]
         attended = self.norm_attn(token + self.dropout(context))
-        inner = self.dropout(F.relu(self.ffn_in(attended)))
+        inner = F.relu(self.ffn_in(attended))  # [..., D]
         return self.norm_ffn(attended + self.dropout(self.ffn_out(inner)))  # [..., D]
 
 

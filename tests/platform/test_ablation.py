@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from msc_platform.cli import main
 from msc_platform.sweep import load_sweep_spec
+from msc_platform.tables import PAPER_SUMR_QVHIGHLIGHTS
 from tests.platform.conftest import SYNTHETIC_CONFIG, TINY
 from tests.platform.mlflow_runs import log_trial, new_store, start_parent
 
@@ -31,6 +32,17 @@ def test_components_grid_is_paper_table_1_times_three_seeds():
     assert spec.is_grid and spec.seeds == [0, 1, 2] and spec.total_trials == 15
     for row, (tcp, cbva, clip_tokens) in PAPER_ROWS.items():
         assert spec.rows[row] == {"model.tcp": tcp, "model.cbva": cbva, "model.clip_tokens": clip_tokens}
+
+
+def test_qvhighlight_components_grid_is_table_1_at_the_paper_settings():
+    spec = load_sweep_spec(ABLATIONS / "components_qvhighlight.yaml")
+    synthetic = load_sweep_spec(ABLATIONS / "components.yaml")
+    assert spec.rows == synthetic.rows and spec.is_grid and spec.total_trials == 15
+    assert spec.seeds[0] == 9527 and len(spec.seeds) == 3
+    base = spec.base
+    assert (base.data.collection, base.model.video_dim, base.model.text_dim) == ("qvhighlight", 2816, 512)
+    assert (base.train.epochs, base.train.patience, base.train.lr, base.model.sim_thr) == (100, 10, 2.5e-4, 0.7)
+    assert set(spec.rows) == set(PAPER_SUMR_QVHIGHLIGHTS)  # every row gets its paper SumR column
 
 
 def test_sensitivity_grid_is_one_factor_at_a_time_around_the_default():
