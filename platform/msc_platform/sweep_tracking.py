@@ -119,7 +119,7 @@ def _log_record_from_checkpoint(tracker: RunTracker, checkpoint) -> bool:
 
 def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
                       outcomes: dict[str, dict[str, Any]]) -> None:
-    """End every child run the trials left RUNNING, by what Tune says happened to the trial.
+    """Close every child run the trials left open or cut off, by what Tune says happened to it.
 
     Call it after Ray is shut down (no trial can still be closing its own run).
     outcomes: {trial_id: {"status": Tune status, "error": str | None,
