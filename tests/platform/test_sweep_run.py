@@ -163,12 +163,12 @@ def test_search_sweep_with_asha_closes_every_trial_run(tmp_path, tiny_data_root)
     for trial in outcome["trials"]:
         assert 0.6 <= trial["params"]["model.sim_thr"] <= 0.95
         assert trial["params"]["model.cbva"] in ("adaptive", "off")
-    runs = child_runs(MlflowClient(tracking_uri=uri), "search")
+    client = MlflowClient(tracking_uri=uri)
+    runs = child_runs(client, "search")
     assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
         t["trial_id"] for t in outcome["trials"])
     closed = [(r.info.status, "best/SumR" in r.data.metrics, r.data.tags.get("error")) for r in runs]
     assert all(status == "FINISHED" and has_best for status, has_best, _ in closed), closed
-    client = MlflowClient(tracking_uri=uri)
     for run in runs:  # the full record, even when ASHA's stop tore the worker down mid-logging
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"metrics.json", "ranks.parquet"} <= artifacts, (run.info.run_id, artifacts)
