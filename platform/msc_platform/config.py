@@ -60,7 +60,7 @@ class TrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup: float = 0.01  # fraction of all steps
-    patience: int = 10  # epochs without a better val SumR before stopping
+    patience: int = 10  # stop once more than this many epochs in a row bring no better val SumR
     seed: int = 9527
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
     bf16: bool = False  # bf16 autocast, CUDA only
@@ -74,10 +74,12 @@ class TrainConfig:
         """Raise ValueError naming the field for out-of-range values."""
         if self.num_threads < 0:
             raise ValueError(f"num_threads: must be >= 0, got {self.num_threads}")
-        positive = ("batch_size", "epochs", "patience", "eval_query_chunk", "eval_video_batch")
+        positive = ("batch_size", "epochs", "eval_query_chunk", "eval_video_batch")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise ValueError(f"patience: must be >= 0, got {self.patience}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
         if not 0 <= self.weight_decay < 1:

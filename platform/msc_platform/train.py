@@ -264,10 +264,15 @@ def _relog_missing_epochs(tracker: RunTracker, history: list[dict]) -> None:
 
 def _run_epochs(trainer: _Trainer, tracker: RunTracker, out_dir: Path,
                 on_epoch: Callable[[EpochReport], Any] | None) -> None:
-    """Train from the epoch after trainer.state.epoch until the last epoch or early stopping."""
+    """Train from the epoch after trainer.state.epoch until the last epoch or early stopping.
+
+    Early stopping follows the released code: the run ends once the count of consecutive
+    epochs without a new best val SumR exceeds train.patience (with patience 10, the 11th such
+    epoch is the last one trained).
+    """
     cfg, state = trainer.cfg, trainer.state
     for epoch in range(state.epoch + 1, cfg.train.epochs):
-        if state.bad_epochs >= cfg.train.patience:
+        if state.bad_epochs > cfg.train.patience:
             break
         start = time.perf_counter()
         train_row = trainer.train_epoch(epoch)

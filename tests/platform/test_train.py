@@ -114,6 +114,21 @@ def test_a_diverging_run_ends_failed_with_the_reason(tiny_config, mlflow_uri, tm
     assert run.data.tags["error"].startswith("NonFiniteLossError: non-finite loss at epoch 0")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("patience", [0, 2])
+def test_early_stopping_ends_at_the_epoch_that_exceeds_patience(tiny_config, tmp_path, patience):
+    # released code: stop when consecutive epochs without a new best exceed patience, so a run
+    # whose SumR never improves after epoch 0 trains patience + 2 epochs. lr 1e-12 leaves the
+    # float32 weights as they are, so val SumR stays at its epoch-0 value (no new best).
+    cfg = apply_overrides(tiny_config, {"train.lr": 1e-12, "train.epochs": 8,
+                                        "train.patience": patience, "tracking.enabled": False})
+    reports = []
+    result = train(cfg, tmp_path / "run", on_epoch=reports.append)
+    assert {r.metrics["SumR"] for r in reports} == {reports[0].metrics["SumR"]}
+    assert [r.epoch for r in reports] == list(range(patience + 2))
+    assert result.best_epoch == 0 and [r.is_best for r in reports].count(True) == 1
+
+
 def test_bad_input_ends_failed_before_training(tiny_config, mlflow_uri, tmp_path):
     cfg = apply_overrides(tiny_config, {"model.video_dim": 48})
     with pytest.raises(ConfigError, match="model.video_dim: config says 48, but the features in .*synthetic are 32-d"):
