@@ -58,6 +58,8 @@ def test_sensitivity_grid_is_one_factor_at_a_time_around_the_default():
                        "vl_coef": {"model.vl_coef"}}
     pairs = {(o["model.rkd_d_coef"], o["model.rkd_a_coef"]) for n, o in spec.rows.items() if n.startswith("rkd")}
     assert all(a == 2 * d for d, a in pairs)  # the paper keeps angle = 2 x distance
+    assert spec.rows["sim_thr__0.5"] == {"model.sim_thr": 0.5}  # the released command's value
+    assert (10.0, 20.0) in pairs  # ... and its RKD pair
 
 
 def test_ablation_refuses_a_search_spec_before_ray_starts(capsys):

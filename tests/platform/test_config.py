@@ -1,6 +1,7 @@
 """Config loading: shipped configs, overrides, flatten round trip and clear errors."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,49 @@ PAPER = {  # spec section 7: lr, dropout, margin, sft_factor, nce_clip, nce_fram
 }
 
 
-def test_the_five_configs_ship():
-    assert {p.stem for p in SHIPPED} == set(PAPER) | {"synthetic"}
+RELEASED_CLI_DEFAULTS = {  # main.py's argparse defaults in the released code (admins97/MSC_PRVR),
+    # which its README command `python main.py -d <dataset>` applies over every dataset's file
+    "sim_thr": 0.5, "rkd_d_coef": 10.0, "rkd_a_coef": 20.0, "vl_coef": 0.1,
+}
+
+RELEASED_DATASET_FILES = {  # the released code's Configs/{tvr,act,cha,qvhighlight}.py:
+    # lr, drop (= input_drop), margin, sft_factor, loss_factor[0], loss_factor[1]
+    "tvr": (3e-4, 0.2, 0.1, 0.09, 0.05, 0.04),
+    "activitynet": (2.5e-4, 0.31, 0.2, 0.6, 0.02, 0.04),
+    "charades": (2e-4, 0.25, 0.2, 0.6, 0.02, 0.04),
+    "qvhighlight": (2.5e-4, 0.31, 0.2, 0.6, 0.02, 0.04),
+}
+# the same in all four files: batchsize, n_epoch, max_es_cnt, wd, lr_warmup_proportion, seed,
+# hard_pool_size, hard_negative_start_epoch, clip_scale_w, frame_scale_w
+RELEASED_SHARED = (128, 100, 10, 0.01, 0.01, 9527, 20, 20, 0.4, 0.6)
+
+
+def test_the_paper_configs_their_released_siblings_and_synthetic_ship():
+    released = {f"{name}_released" for name in PAPER}
+    assert {p.stem for p in SHIPPED} == set(PAPER) | released | {"synthetic"}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_released_siblings_differ_from_the_paper_only_in_the_released_command_values(name):
+    paper = load_config(CONFIG_DIR / f"{name}.yaml")
+    released = load_config(CONFIG_DIR / f"{name}_released.yaml")
+    wanted = {key: getattr(released.model, key) for key in RELEASED_CLI_DEFAULTS}
+    assert wanted == RELEASED_CLI_DEFAULTS
+    assert released.train == paper.train and released.data == paper.data
+    assert released.tracking == paper.tracking
+    differing = {f.name for f in dataclasses.fields(paper.model)
+                 if getattr(paper.model, f.name) != getattr(released.model, f.name)}
+    assert differing == {"sim_thr", "rkd_d_coef", "rkd_a_coef"}
+    assert "base: " + f"{name}.yaml" in (CONFIG_DIR / f"{name}_released.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_released_siblings_carry_the_released_per_dataset_values(name):
+    cfg = load_config(CONFIG_DIR / f"{name}_released.yaml")
+    m, t = cfg.model, cfg.train
+    assert (t.lr, m.dropout, m.margin, m.sft_factor, m.nce_clip, m.nce_frame) == RELEASED_DATASET_FILES[name]
+    assert (t.batch_size, t.epochs, t.patience, t.weight_decay, t.warmup, t.seed, m.hard_pool,
+            m.hard_negative_start, m.clip_weight, m.frame_weight) == RELEASED_SHARED
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

@@ -51,6 +51,19 @@ def test_shipped_spec_builds_searcher_scheduler_and_space(path):
     assert spec.space["model.rkd_d_coef"].kind == "loguniform"
 
 
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_shipped_space_reaches_the_paper_and_the_released_values(path):
+    spec = load_sweep_spec(path)
+
+    def reaches(key: str, value: float) -> bool:
+        low, high = spec.space[key].args
+        return low <= value <= high
+
+    assert reaches("model.sim_thr", 0.5) and reaches("model.sim_thr", spec.base.model.sim_thr)
+    for d_coef, a_coef in ((10.0, 20.0), (15.0, 30.0)):  # released command, paper
+        assert reaches("model.rkd_d_coef", d_coef) and reaches("model.rkd_a_coef", a_coef)
+
+
 def test_cli_overrides_split_between_spec_and_training_config(tmp_path):
     spec = load_sweep_spec(write_spec(tmp_path, SEARCH),
                            ["num_samples=3", "scheduler.grace_period=2", "train.epochs=4"])
