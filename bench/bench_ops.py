@@ -1,8 +1,10 @@
-"""`make bench` section: the batched merge ops and CBVA against their per-video loop oracles.
+"""`make bench` section: the batched merge ops and CBVA against the released code's loops.
 
-Rows: `ops_speedup_vs_loop_b128` (closure + segment count + loss-side merging + CBVA forward and
-backward, loop oracle time / batched time), `aten_ops_b8`, `aten_ops_b64` (ATen ops dispatched
-by the batched forward) and `aten_ops_equal` (the op count does not grow with the batch).
+Rows: `ops_speedup_vs_released_loops_b128` (closure + segment count + loss-side merging + CBVA
+forward and backward: the released algorithm's per-video loops of bench/released_losses.py over
+our batched ops), `aten_ops_b8`, `aten_ops_b64` (ATen ops dispatched by the batched forward) and
+`aten_ops_equal` (the op count does not grow with the batch). The spec-by-spec loop oracles of
+tests/model/oracles.py are slower still; they are test oracles, not a baseline.
 """
 from __future__ import annotations
 
@@ -10,15 +12,14 @@ import statistics
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench import released_losses
+from bench.dispatch_count import DispatchCounter
 from model.cbva import cbva_loss
 from model.merge import closure_ratio, l2_normalize, order_preserving_merge, segment_count
-from tests.model import oracles
 
 HIDDEN, CLIP_DIM, FRAMES, SEGMENTS = 384, 768, 128, 32
 SIM_THR = 0.8
-SPEEDUP_TARGET = 50.0
 
 
 def _clip_features(gen: torch.Generator, batch: int) -> torch.Tensor:
@@ -52,13 +53,14 @@ def batched_step(inputs: dict, backward: bool = True) -> torch.Tensor:
     return loss.detach()
 
 
-def loop_step(inputs: dict) -> torch.Tensor:
-    """The same step with the per-video loop oracles of tests/model/oracles.py."""
+def released_loops_step(inputs: dict) -> torch.Tensor:
+    """The same step as the released code runs it: a closure loop and a merge-and-align loop
+    per video (bench/released_losses.py)."""
     frames = inputs["frames"].detach().requires_grad_(True)
     segments = inputs["segments"].detach().requires_grad_(True)
-    counts = torch.tensor([oracles.segment_count(oracles.closure_ratio(video, SIM_THR))
-                           for video in inputs["clip_feats"]])
-    loss, _ = oracles.cbva_loss(frames, segments, inputs["labels"], inputs["sizes"], inputs["clip_feats"], counts)
+    ratios = released_losses.diversity_ratios(inputs["clip_feats"], SIM_THR)
+    loss, _ = released_losses.cbva(frames, segments, inputs["labels"], inputs["sizes"].unsqueeze(-1),
+                                   inputs["clip_feats"], ratios)
     loss.backward()
     return loss.detach()
 
@@ -74,24 +76,12 @@ def _seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-class _OpCounter(TorchDispatchMode):
-    """Counts every ATen op that reaches the dispatcher."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def aten_op_count(batch: int) -> int:
     """ATen ops dispatched by one batched forward (closure + counts + merging + CBVA)."""
     inputs = make_inputs(batch)
-    with _OpCounter() as counter:
+    with DispatchCounter() as counter:
         batched_step(inputs, backward=False)
-    return counter.count
+    return counter.aten_ops
 
 
 def _row(name, value, unit, target=None, ok=None, note="") -> dict:
@@ -110,20 +100,20 @@ def run(quick: bool) -> list[dict]:
 
 
 def _measure(batch: int, quick: bool) -> list[dict]:
-    """Time the batched and loop steps at `batch` videos and count ATen ops at B=8 and B=64."""
+    """Time the batched and released-loop steps at `batch` videos (medians after a warm-up
+    call each) and count ATen ops at B=8 and B=64."""
     inputs = make_inputs(batch)
+    repeats = 1 if quick else 3
     fast_s = _seconds(lambda: batched_step(inputs), repeats=3 if quick else 10)
-    start = time.perf_counter()
-    loop_loss = loop_step(inputs)
-    loop_s = time.perf_counter() - start
-    fast_loss = batched_step(inputs)
-    gap = float((fast_loss - loop_loss).abs())
+    loop_s = _seconds(lambda: released_loops_step(inputs), repeats=repeats)
+    gap = float((batched_step(inputs) - released_loops_step(inputs)).abs())
     speedup = loop_s / fast_s
     ops_small, ops_large = aten_op_count(8), aten_op_count(64)
-    note = (f"B={batch}, D={HIDDEN}, Dc={CLIP_DIM}; batched {fast_s * 1e3:.1f} ms, loop {loop_s:.2f} s, "
-            f"loss {float(fast_loss):.4f}, |gap| to loop {gap:.1e}; {torch.get_num_threads()} thread(s)")
+    note = (f"B={batch}, D={HIDDEN}, Dc={CLIP_DIM}; batched {fast_s * 1e3:.1f} ms, released loops "
+            f"{loop_s * 1e3:.0f} ms (median of {repeats}), |loss gap| {gap:.1e}; "
+            f"{torch.get_num_threads()} thread(s)")
     return [
-        _row("ops_speedup_vs_loop_b128", speedup, "x", f">= {SPEEDUP_TARGET:g}", speedup >= SPEEDUP_TARGET, note),
+        _row("ops_speedup_vs_released_loops_b128", speedup, "x", note=note),
         _row("ops_batched_ms_b128", fast_s * 1e3, "ms", note=f"B={batch}, forward + backward"),
         _row("aten_ops_b8", ops_small, "ops", note="forward: closure + counts + merging + CBVA"),
         _row("aten_ops_b64", ops_large, "ops", "= b8", ops_large == ops_small),

@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark section, print one table, write bench/results.json.
 
 `--only SECTION ...` re-measures those sections and keeps the other sections' last rows in
-results.json (each row records when it was measured).
+results.json (each row records when it was measured). The table in docs/benchmarks.md is then
+regenerated from results.json (bench/render_docs.py).
 
 Each module in SECTIONS exposes `run(quick: bool) -> list[dict]`; a row is
 {"name", "value", "unit", "target" (str or None), "ok" (bool or None), "note"}.
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import torch
 
+from bench.render_docs import update_docs
+
 SECTIONS = (
     "bench.bench_ops",
     "bench.bench_model",
+    "bench.bench_step",
     "bench.bench_data",
     "bench.bench_eval",
     "bench.bench_sweep",
@@ -88,6 +92,8 @@ def main() -> int:
     tmp.write_text(json.dumps(payload, indent=2))
     os.replace(tmp, RESULTS)
     print(f"wrote {RESULTS}")
+    update_docs(RESULTS, sections=tuple(name.rsplit(".", 1)[-1] for name in SECTIONS))
+    print("updated docs/benchmarks.md")
     return 0
 
 
