@@ -14,6 +14,7 @@ import time
 import torch
 
 from bench import released_losses
+from bench.devices import bench_devices, synchronize
 from bench.dispatch_count import DispatchCounter
 from model.cbva import cbva_loss
 from model.merge import closure_ratio, l2_normalize, order_preserving_merge, segment_count
@@ -65,13 +66,15 @@ def released_loops_step(inputs: dict) -> torch.Tensor:
     return loss.detach()
 
 
-def _seconds(fn, repeats: int) -> float:
-    """Median wall time of `repeats` calls after one warm-up call."""
+def _seconds(fn, repeats: int, device: torch.device) -> float:
+    """Median wall time of `repeats` calls after one warm-up call, the device drained."""
     fn()
     times = []
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         fn()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -90,7 +93,8 @@ def _row(name, value, unit, target=None, ok=None, note="") -> dict:
 
 def run(quick: bool) -> list[dict]:
     """Bench rows of this section, timed on one intra-op thread (both sides alike: the shared
-    2-core machine makes multi-threaded kernels erratic); `quick` uses B=16 instead of 128."""
+    2-core machine makes multi-threaded kernels erratic); `quick` uses B=16 instead of 128.
+    With CUDA available the timing rows are measured on the GPU too (`_cuda` suffix)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -99,22 +103,32 @@ def run(quick: bool) -> list[dict]:
         torch.set_num_threads(threads)
 
 
-def _measure(batch: int, quick: bool) -> list[dict]:
-    """Time the batched and released-loop steps at `batch` videos (medians after a warm-up
-    call each) and count ATen ops at B=8 and B=64."""
-    inputs = make_inputs(batch)
+def _speed_rows(batch: int, quick: bool, device: torch.device, suffix: str, where: str) -> list[dict]:
+    """Time the batched and released-loop steps at `batch` videos on `device` (medians after a
+    warm-up call each); their losses must agree."""
+    inputs = {key: value.to(device) for key, value in make_inputs(batch).items()}
     repeats = 1 if quick else 3
-    fast_s = _seconds(lambda: batched_step(inputs), repeats=3 if quick else 10)
-    loop_s = _seconds(lambda: released_loops_step(inputs), repeats=repeats)
+    fast_s = _seconds(lambda: batched_step(inputs), 3 if quick else 10, device)
+    loop_s = _seconds(lambda: released_loops_step(inputs), repeats, device)
     gap = float((batched_step(inputs) - released_loops_step(inputs)).abs())
     speedup = loop_s / fast_s
-    ops_small, ops_large = aten_op_count(8), aten_op_count(64)
-    note = (f"B={batch}, D={HIDDEN}, Dc={CLIP_DIM}; batched {fast_s * 1e3:.1f} ms, released loops "
-            f"{loop_s * 1e3:.0f} ms (median of {repeats}), |loss gap| {gap:.1e}; "
+    note = (f"B={batch}, D={HIDDEN}, Dc={CLIP_DIM}, {where}; batched {fast_s * 1e3:.1f} ms, released "
+            f"loops {loop_s * 1e3:.0f} ms (median of {repeats}), |loss gap| {gap:.1e}; "
             f"{torch.get_num_threads()} thread(s)")
     return [
-        _row("ops_speedup_vs_released_loops_b128", speedup, "x", note=note),
-        _row("ops_batched_ms_b128", fast_s * 1e3, "ms", note=f"B={batch}, forward + backward"),
+        _row(f"ops_speedup_vs_released_loops_b128{suffix}", speedup, "x", note=note),
+        _row(f"ops_batched_ms_b128{suffix}", fast_s * 1e3, "ms",
+             note=f"B={batch}, forward + backward, {where}"),
+    ]
+
+
+def _measure(batch: int, quick: bool) -> list[dict]:
+    """Speed rows on every bench device, then ATen op counts at B=8 and B=64 (CPU)."""
+    rows = []
+    for device, suffix, where in bench_devices():
+        rows += _speed_rows(batch, quick, device, suffix, where)
+    ops_small, ops_large = aten_op_count(8), aten_op_count(64)
+    return rows + [
         _row("aten_ops_b8", ops_small, "ops", note="forward: closure + counts + merging + CBVA"),
         _row("aten_ops_b64", ops_large, "ops", "= b8", ops_large == ops_small),
         _row("aten_ops_equal", ops_small == ops_large, "bool", "True", ops_small == ops_large),

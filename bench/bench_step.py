@@ -30,6 +30,7 @@ from functools import partial
 
 import torch
 
+from bench.devices import bench_devices, synchronize
 from bench.dispatch_count import DispatchCounter
 from bench.released_algorithm import build_reference, released_batch, released_step
 from bench.released_optim import build_loop_optimizer
@@ -78,16 +79,11 @@ def our_step(model: MSC, cfg: MSCConfig, optimizer, batch: dict) -> torch.Tensor
 
 def _seconds(step, device: torch.device) -> float:
     """Wall time of one call of `step`, the device drained before and after."""
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     step()
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compare_steps(videos: int, threads: int, rounds: int, device: torch.device) -> dict:
@@ -173,19 +169,11 @@ def _count_rows(sizes: tuple, device: torch.device, suffix: str, where: str) -> 
     return rows
 
 
-def _devices() -> list[tuple[torch.device, str, str]]:
-    """(device, row-name suffix, description) for the CPU and, when present, the GPU."""
-    devices = [(torch.device("cpu"), "", "CPU")]
-    if torch.cuda.is_available():
-        devices.append((torch.device("cuda"), "_cuda", f"CUDA {torch.cuda.get_device_name(0)}"))
-    return devices
-
-
 def run(quick: bool) -> list[dict]:
     """Bench rows of this section; `quick` times B=4 on one thread and counts at B=2 and 4."""
     plan = QUICK if quick else FULL
     rows = []
-    for device, suffix, where in _devices():
+    for device, suffix, where in bench_devices():
         thread_counts = plan["threads"] if device.type == "cpu" else (1,)
         for videos in plan["sizes"]:
             for threads in thread_counts:
