@@ -16,13 +16,19 @@ NON_NEGATIVE_FLOATS = ("clip_weight", "frame_weight", "rkd_d_coef", "rkd_a_coef"
 
 @dataclass
 class MSCConfig:
-    """Sizes, switches and loss coefficients of MSC (spec sections 2, 4, 7)."""
+    """Sizes, switches and loss coefficients of MSC (spec sections 2, 4, 7).
+
+    `dropout` is the rate inside the attention layers and the branch-fusion MLP;
+    `input_dropout` the rate of the input projections and positional embeddings (None: the
+    same as `dropout`), as the released code's `drop` and `input_drop`.
+    """
 
     text_dim: int = 768
     video_dim: int = 768
     hidden: int = 384
     heads: int = 4
     dropout: float = 0.2
+    input_dropout: float | None = None
     text_len: int = 77
     clip_len: int = 32
     frame_len: int = 128
@@ -59,6 +65,8 @@ class MSCConfig:
         for name in NON_NEGATIVE_FLOATS:
             _require(name, getattr(self, name), low=0.0)
         _require("dropout", self.dropout, low=0.0, high=1.0, high_open=True)
+        if self.input_dropout is not None:
+            _require("input_dropout", self.input_dropout, low=0.0, high=1.0, high_open=True)
         _require("sim_thr", self.sim_thr, low=0.0, high=1.0)
         _require("sft_factor", self.sft_factor, low=0.0, low_open=True)
         if self.clip_tokens not in CLIP_TOKEN_MODES:
@@ -74,6 +82,11 @@ class MSCConfig:
         self._check_widths()
         return self
 
+    @property
+    def input_dropout_rate(self) -> float:
+        """Dropout rate of the input projections and positional embeddings."""
+        return self.dropout if self.input_dropout is None else self.input_dropout
+
     def _check_types(self) -> None:
         """Raise ValueError for a field whose value has the wrong Python type."""
         for field in fields(self):
@@ -84,8 +97,10 @@ class MSCConfig:
                 raise ValueError(f"MSCConfig.{field.name} must be a bool, got {value!r}")
             if field.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"MSCConfig.{field.name} must be an int, got {value!r}")
-            if field.type == "float" and (isinstance(value, bool)
-                                          or not isinstance(value, (int, float))):
+            if field.type == "float | None" and value is None:
+                continue
+            if field.type in ("float", "float | None") and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ValueError(f"MSCConfig.{field.name} must be a number, got {value!r}")
             if field.type == "str" and not isinstance(value, str):
                 raise ValueError(f"MSCConfig.{field.name} must be a string, got {value!r}")

@@ -1,7 +1,9 @@
 """Building blocks of the MSC network (spec section 2).
 
 The multi-scale Gaussian block runs its branches as one batched computation: every branch's
-weights are stacked along a leading branch dimension K and applied with batched matmuls.
+weights are stacked along a leading branch dimension K and applied with batched matmuls. Layers
+whose parameters hold several of the released network's tensors declare it with `packings()`
+(see model/packing.py).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.packing import Packing
 
 MASK_PENALTY = -10000.0
 POOL_PENALTY = -1e10
@@ -75,13 +79,27 @@ class PositionalEmbedding(nn.Module):
 
 
 class StackedLinear(nn.Module):
-    """K independent Linear(Din -> Dout) layers whose weights are stacked: weight [K, Din, Dout]."""
+    """K independent Linear(Din -> Dout) layers whose weights are stacked: weight [K, Din, Dout].
 
-    def __init__(self, branches: int, in_dim: int, out_dim: int):
+    With parts > 1 each branch is `parts` Linear(Din -> Dout / parts) layers side by side (e.g.
+    the query, key and value projections). Raises ValueError when parts does not divide Dout.
+    """
+
+    def __init__(self, branches: int, in_dim: int, out_dim: int, parts: int = 1):
         super().__init__()
+        if out_dim % parts:
+            raise ValueError(f"StackedLinear: out_dim ({out_dim}) must be divisible by "
+                             f"parts ({parts})")
+        self.parts = parts
         self.weight = nn.Parameter(torch.empty(branches, in_dim, out_dim))
         self.bias = nn.Parameter(torch.zeros(branches, out_dim))
         nn.init.normal_(self.weight, std=0.02)
+
+    def packings(self) -> dict[str, Packing]:
+        """The weight holds K x parts transposed Linear weights, the bias their biases."""
+        branches = self.weight.shape[0]
+        return {"weight": Packing(branches, self.parts, transposed=True),
+                "bias": Packing(branches, self.parts)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply branch k to x[k]: x [K, ..., Din] -> [K, ..., Dout]."""
@@ -107,6 +125,11 @@ class StackedLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(branches, hidden))
         self.bias = nn.Parameter(torch.zeros(branches, hidden))
 
+    def packings(self) -> dict[str, Packing]:
+        """Weight and bias each hold K LayerNorm tensors."""
+        branches = self.weight.shape[0]
+        return {"weight": Packing(branches), "bias": Packing(branches)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise x [K, ..., D] with branch k's affine parameters on x[k]."""
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
@@ -118,9 +141,10 @@ class MultiBranchAttentionLayer(nn.Module):
     """K post-norm transformer layers ("attention layers") sharing one input, run batched.
 
     Branch k multiplies its logits by the Gaussian prior of width widths[k] (None: no prior).
-    Each layer: QK^T/sqrt(dh) -> *prior -> +key mask -> +log(size) -> softmax -> dropout -> @V,
-    output projection D -> D, dropout, residual, LayerNorm, then FFN D -> 4D -> D (ReLU; dropout
-    on its output), residual, LayerNorm.
+    Each layer: QK^T/sqrt(dh) -> *prior -> +key mask -> +log(size) -> softmax -> dropout -> @V;
+    the heads' contexts concatenated (no output projection) -> dropout -> residual -> LayerNorm;
+    then FFN Linear(D -> 4D) -> ReLU -> dropout -> Linear(4D -> D) -> dropout -> residual ->
+    LayerNorm. All dropouts use the one rate `dropout`.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float,
@@ -133,8 +157,7 @@ class MultiBranchAttentionLayer(nn.Module):
         branches = len(widths)
         self.heads = heads
         self.length = length
-        self.qkv = StackedLinear(branches, hidden, 3 * hidden)
-        self.attn_out = StackedLinear(branches, hidden, hidden)
+        self.qkv = StackedLinear(branches, hidden, 3 * hidden, parts=3)
         self.attn_dropout = nn.Dropout(dropout)
         self.dropout = nn.Dropout(dropout)
         self.norm_attn = StackedLayerNorm(branches, hidden)
@@ -155,9 +178,9 @@ class MultiBranchAttentionLayer(nn.Module):
         if self.has_prior and x.shape[1] != self.length:
             raise ValueError(f"MultiBranchAttentionLayer: expected length {self.length}, "
                              f"got {x.shape[1]}")
-        context = self.attn_out(self._attend(x, mask, size_bias))  # [K, B, L, D]
+        context = self._attend(x, mask, size_bias)  # [K, B, L, D]
         hidden = self.norm_attn(x.unsqueeze(0) + self.dropout(context))  # [K, B, L, D]
-        inner = F.relu(self.ffn_in(hidden))  # [K, B, L, 4D]; one dropout, on the output
+        inner = self.dropout(F.relu(self.ffn_in(hidden)))  # [K, B, L, 4D]
         return self.norm_ffn(hidden + self.dropout(self.ffn_out(inner)))  # [K, B, L, D]
 
     def _attend(self, x: torch.Tensor, mask: torch.Tensor,
@@ -183,8 +206,9 @@ class MultiBranchAttentionLayer(nn.Module):
 class CrossAttentionLayer(nn.Module):
     """One query token attends to a key sequence.
 
-    Attention with output projection D -> D + residual + LayerNorm, then FFN D -> D -> D
-    (ReLU; dropout on its output) + residual + LayerNorm. Key mask, no size bias.
+    Multi-head attention (no output projection) -> dropout -> residual -> LayerNorm, then FFN
+    Linear(D -> D) -> ReLU -> dropout -> Linear(D -> D) -> dropout -> residual -> LayerNorm.
+    Key mask, no size bias. The key and value projections are stored fused in `key_value`.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float):
@@ -194,13 +218,16 @@ class CrossAttentionLayer(nn.Module):
         self.heads = heads
         self.query = nn.Linear(hidden, hidden)
         self.key_value = nn.Linear(hidden, 2 * hidden)
-        self.attn_out = nn.Linear(hidden, hidden)
         self.attn_dropout = nn.Dropout(dropout)
         self.dropout = nn.Dropout(dropout)
         self.norm_attn = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
         self.ffn_in = nn.Linear(hidden, hidden)
         self.ffn_out = nn.Linear(hidden, hidden)
         self.norm_ffn = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+
+    def packings(self) -> dict[str, Packing]:
+        """`key_value` holds the key and the value Linear, one after the other."""
+        return {"key_value.weight": Packing(parts=2), "key_value.bias": Packing(parts=2)}
 
     def forward(self, token: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """token [D] attends to keys [..., L, D] with key mask broadcastable to [..., L] -> [..., D]."""
@@ -213,9 +240,9 @@ class CrossAttentionLayer(nn.Module):
         logits = query @ key.transpose(-1, -2) / math.sqrt(head_dim)  # [..., H, 1, L]
         logits = logits + key_mask_bias(mask).unsqueeze(-2).unsqueeze(-2)
         weights = self.attn_dropout(torch.softmax(logits, dim=-1))
-        context = self.attn_out((weights @ value).squeeze(-2).flatten(-2))  # [..., D]
+        context = (weights @ value).squeeze(-2).flatten(-2)  # [..., D]
         attended = self.norm_attn(token + self.dropout(context))
-        inner = F.relu(self.ffn_in(attended))  # [..., D]
+        inner = self.dropout(F.relu(self.ffn_in(attended)))  # [..., D]
         return self.norm_ffn(attended + self.dropout(self.ffn_out(inner)))  # [..., D]
 
 

@@ -17,7 +17,9 @@ class MSC(nn.Module):
     """MSC: a text encoder and a two-branch (clip, frame) video encoder.
 
     The learned fusion token `weight_token` [1, 1, D] is one parameter shared by the clip and
-    frame GMM blocks; each block has its own cross-attention layer, shared by its branches.
+    frame GMM blocks, drawn from N(0, 1); each block has its own cross-attention layer, shared by
+    its branches. The clip stream's positional table has `frame_len` positions, as in the
+    released network.
     """
 
     def __init__(self, cfg: MSCConfig):
@@ -25,22 +27,22 @@ class MSC(nn.Module):
         cfg.validate()
         self.cfg = cfg
         hidden, heads, dropout = cfg.hidden, cfg.heads, cfg.dropout
-        self.query_proj = InputProjection(cfg.text_dim, hidden, dropout)
-        self.query_pos = PositionalEmbedding(cfg.text_len, hidden, dropout)
+        input_dropout = cfg.input_dropout_rate
+        self.query_proj = InputProjection(cfg.text_dim, hidden, input_dropout)
+        self.query_pos = PositionalEmbedding(cfg.text_len, hidden, input_dropout)
         self.query_layer = MultiBranchAttentionLayer(hidden, heads, dropout)
         self.query_pool = nn.Linear(hidden, 1, bias=False)
-        self.clip_proj = InputProjection(cfg.video_dim, hidden, dropout)
-        self.clip_pos = PositionalEmbedding(cfg.frame_len, hidden, dropout)
+        self.clip_proj = InputProjection(cfg.video_dim, hidden, input_dropout)
+        self.clip_pos = PositionalEmbedding(cfg.frame_len, hidden, input_dropout)
         self.clip_block = GaussianMixtureBlock(hidden, heads, dropout, cfg.gauss_widths,
                                                cfg.clip_len, cfg.sft_factor)
-        self.frame_proj = InputProjection(cfg.video_dim, hidden, dropout)
-        self.frame_pos = PositionalEmbedding(cfg.frame_len, hidden, dropout)
+        self.frame_proj = InputProjection(cfg.video_dim, hidden, input_dropout)
+        self.frame_pos = PositionalEmbedding(cfg.frame_len, hidden, input_dropout)
         self.frame_block = GaussianMixtureBlock(hidden, heads, dropout, cfg.gauss_widths,
                                                 cfg.frame_len, cfg.sft_factor)
-        self.weight_token = nn.Parameter(torch.empty(1, 1, hidden))
+        self.weight_token = nn.Parameter(torch.randn(1, 1, hidden))  # N(0, 1), kept by the init
         self.alignment = nn.Linear(hidden, hidden)
         self.apply(_init_weights)
-        nn.init.normal_(self.weight_token, std=INIT_STD)
 
     def encode_queries(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Pooled query embeddings [Q, D] from text tokens [Q, M, Dt] and their mask [Q, M]."""

@@ -1,4 +1,10 @@
-"""BERT-style Adam and its warm-up / linear-decay schedule (spec section 5)."""
+"""BERT-style Adam and its warm-up / linear-decay schedule (spec section 5).
+
+Clipping and weight decay follow the authors' released optimiser tensor by tensor: a stored
+parameter that holds several released tensors (stacked branches, fused projections; see
+model/packing.py) is clipped slice by slice, and the decay groups come from the released
+parameter names (model/interop.py).
+"""
 from __future__ import annotations
 
 import torch
@@ -6,9 +12,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from model.layers import StackedLayerNorm
+from model.interop import released_names_for
+from model.packing import parameter_packings
 
 CLIP_EPS = 1e-6
+# the released rule: a parameter whose released name contains one of these is not decayed
+NO_DECAY_MARKERS = ("bias", "LayerNorm.bias", "LayerNorm.weight")
 
 
 class BertAdam(Optimizer):
@@ -17,7 +26,10 @@ class BertAdam(Optimizer):
     For each parameter p with gradient g: g <- g * min(1, max_grad_norm / (||g|| + 1e-6));
     m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
     p <- p - lr * (m / (sqrt(v) + eps) + weight_decay * p).
-    The clipping works on a copy: p.grad is left as it was.
+    A param group may carry `layouts`, one per parameter: None (the norm is over the whole
+    tensor) or (view_shape, reduce_dims), and then each slice of the gradient viewed as
+    view_shape is clipped on its own (norm over reduce_dims). The clipping works on a copy:
+    p.grad is left as it was (the released code clips p.grad in place; the update is the same).
     """
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
@@ -34,7 +46,7 @@ class BertAdam(Optimizer):
             raise ValueError(f"BertAdam: max_grad_norm must be >= 0 (0 = no clipping), "
                              f"got {max_grad_norm}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                        max_grad_norm=max_grad_norm)
+                        max_grad_norm=max_grad_norm, layouts=None)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -48,16 +60,19 @@ class BertAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                self._update_group(group, params)
+            layouts = group["layouts"] or [None] * len(group["params"])
+            pairs = [(p, layout) for p, layout in zip(group["params"], layouts)
+                     if p.grad is not None]
+            if pairs:
+                params, layouts = map(list, zip(*pairs))
+                self._update_group(group, params, layouts)
         return loss
 
-    def _update_group(self, group: dict, params: list) -> None:
+    def _update_group(self, group: dict, params: list, layouts: list) -> None:
         """Apply the update rule to one parameter group with foreach (multi-tensor) ops."""
         if any(p.grad.is_sparse for p in params):
             raise RuntimeError("BertAdam does not support sparse gradients")
-        grads = _clipped(group["max_grad_norm"], [p.grad for p in params])
+        grads = _clipped(group["max_grad_norm"], [p.grad for p in params], layouts)
         beta1, beta2 = group["betas"]
         means, squares = self._moments(params)
         torch._foreach_mul_(means, beta1)
@@ -85,36 +100,77 @@ class BertAdam(Optimizer):
         return means, squares
 
 
-def _clipped(max_norm: float, grads: list) -> list:
-    """Each gradient scaled to norm <= max_norm on its own (new tensors); as is when max_norm 0."""
+def _clipped(max_norm: float, grads: list, layouts: list) -> list:
+    """Each gradient (or each slice of it, per its layout) scaled to norm <= max_norm on its
+    own (new tensors); as is when max_norm is 0. One norm op per sliced tensor, no host sync."""
     if max_norm <= 0:
         return grads
-    norms = torch.stack(torch._foreach_norm(grads))  # [P]
-    scales = (max_norm / (norms + CLIP_EPS)).clamp(max=1.0)  # [P]
-    return torch._foreach_mul(grads, list(scales.unbind()))
+    views = [g if layout is None else g.reshape(layout[0]) for g, layout in zip(grads, layouts)]
+    norms = _norms(views, layouts)  # 0-d, or keepdim per-slice norms
+    scales = torch._foreach_add(norms, CLIP_EPS)
+    torch._foreach_reciprocal_(scales)
+    torch._foreach_mul_(scales, max_norm)
+    torch._foreach_clamp_max_(scales, 1.0)
+    clipped = torch._foreach_mul(views, scales)
+    return [c.view(g.shape) for c, g in zip(clipped, grads)]
+
+
+def _norms(views: list, layouts: list) -> list:
+    """Whole-tensor norms (one foreach op) for plain views, per-slice norms for the others."""
+    whole = [i for i, layout in enumerate(layouts) if layout is None]
+    norms = [None] * len(views)
+    if whole:
+        for i, norm in zip(whole, torch._foreach_norm([views[i] for i in whole])):
+            norms[i] = norm
+    for i, layout in enumerate(layouts):
+        if layout is not None:
+            norms[i] = torch.linalg.vector_norm(views[i], dim=layout[1], keepdim=True)
+    return norms
+
+
+def released_no_decay(name: str) -> bool:
+    """The released rule on a released parameter name: True when it gets no weight decay."""
+    return any(marker in name for marker in NO_DECAY_MARKERS)
 
 
 def no_decay_parameter_names(model: nn.Module) -> set[str]:
-    """Names of the parameters that get no weight decay: biases and LayerNorm parameters."""
-    names = set()
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        is_norm = isinstance(module, (nn.LayerNorm, StackedLayerNorm))
-        for param_name, _ in module.named_parameters(recurse=False):
-            if is_norm or param_name.endswith("bias"):
-                names.add(prefix + param_name)
-    return names
+    """Names of the parameters that get no weight decay, by the released rule applied to the
+    released names each parameter holds (model.interop.released_names_for).
+
+    For MSC: every bias and the LayerNorms of the input projections and positional embeddings;
+    the LayerNorms inside the attention layers are decayed. Raises ValueError when one stored
+    parameter holds tensors of both groups.
+    """
+    skip = set()
+    for ours, theirs in released_names_for(model).items():
+        flags = {released_no_decay(name) for name in theirs}
+        if len(flags) > 1:
+            raise ValueError(f"{ours}: holds decayed and undecayed released tensors {theirs}")
+        if flags.pop():
+            skip.add(ours)
+    return skip
+
+
+def clip_layouts(model: nn.Module) -> dict[str, tuple | None]:
+    """Per parameter: None (clip the whole tensor) or (view_shape, reduce_dims) that clip each
+    released tensor it holds on its own (model.packing.Packing.slice_view)."""
+    shapes = {name: tuple(param.shape) for name, param in model.named_parameters()}
+    return {name: None if packing.is_plain else packing.slice_view(shapes[name])
+            for name, packing in parameter_packings(model).items()}
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.01) -> BertAdam:
-    """BertAdam over the model's trainable parameters, no weight decay on biases and LayerNorms."""
+    """BertAdam over the model's trainable parameters: weight decay by the released names'
+    rule (no_decay_parameter_names), clipping per released tensor (clip_layouts)."""
     skip = no_decay_parameter_names(model)
-    decay, no_decay = [], []
+    layouts = clip_layouts(model)
+    groups = [{"params": [], "layouts": [], "weight_decay": weight_decay},
+              {"params": [], "layouts": [], "weight_decay": 0.0}]
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if name in skip else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+            group = groups[1] if name in skip else groups[0]
+            group["params"].append(param)
+            group["layouts"].append(layouts[name])
     return BertAdam([group for group in groups if group["params"]], lr=lr,
                     weight_decay=weight_decay)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.layers import (GaussianMixtureBlock, InputProjection, MultiBranchAttentionLayer,
-                          PositionalEmbedding, gaussian_prior)
+from model.layers import (CrossAttentionLayer, GaussianMixtureBlock, InputProjection,
+                          MultiBranchAttentionLayer, PositionalEmbedding, gaussian_prior)
 from tests.model.batch_factory import one_thread
 from tests.model.loss_oracles import gaussian_prior_loop
 
@@ -55,7 +55,6 @@ def branch_reference(layer, k, width, x, mask, size_bias):
     if size_bias is not None:
         logits = logits + size_bias[:, None, None, :]
     context = (torch.softmax(logits, -1) @ value).transpose(1, 2).flatten(2)  # [B, L, D]
-    context = context @ layer.attn_out.weight[k] + layer.attn_out.bias[k]
     norm1 = F.layer_norm(x + context, (hidden,), layer.norm_attn.weight[k], layer.norm_attn.bias[k])
     inner = F.relu(norm1 @ layer.ffn_in.weight[k] + layer.ffn_in.bias[k])
     ffn = inner @ layer.ffn_out.weight[k] + layer.ffn_out.bias[k]
@@ -72,7 +71,6 @@ def cross_reference(layer, token, keys, mask):
     logits = query @ key.transpose(-1, -2) / math.sqrt(hidden // heads)  # [B, H, 1, L]
     logits = logits + ((1 - mask) * -10000.0)[:, None, None, :]
     context = (torch.softmax(logits, -1) @ value).squeeze(2).flatten(1)  # [B, D]
-    context = F.linear(context, layer.attn_out.weight, layer.attn_out.bias)
     norm1 = F.layer_norm(token + context, (hidden,), layer.norm_attn.weight, layer.norm_attn.bias)
     ffn = F.linear(F.relu(F.linear(norm1, layer.ffn_in.weight, layer.ffn_in.bias)),
                    layer.ffn_out.weight, layer.ffn_out.bias)
@@ -134,6 +132,25 @@ def test_masked_keys_do_not_change_valid_outputs():
     changed = x.clone()
     changed[1, -5:] = 3.0 * torch.randn(5, 16)
     torch.testing.assert_close(layer(x, mask)[:, 1, :-5], layer(changed, mask)[:, 1, :-5])
+
+
+def test_dropout_acts_inside_the_feed_forward_and_on_its_output():
+    x, mask, _ = _inputs(length=16)
+    layer = _randomise(MultiBranchAttentionLayer(16, 2, 0.5, WIDTHS, length=16)).train()
+    calls = []
+    layer.dropout.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[-1]))
+    layer.attn_dropout.register_forward_hook(lambda module, args, out: calls.append("probs"))
+    layer(x, mask)
+    assert calls == ["probs", 16, 64, 16]  # context, after the ReLU, on the FFN output
+
+
+def test_no_attention_output_projection():
+    layer = MultiBranchAttentionLayer(16, 2, 0.1, WIDTHS, length=16)
+    names = {name for name, _ in layer.named_parameters()}
+    assert names == {f"{m}.{p}" for m in ("qkv", "norm_attn", "ffn_in", "ffn_out", "norm_ffn")
+                     for p in ("weight", "bias")}
+    cross = {name.split(".")[0] for name, _ in CrossAttentionLayer(16, 2, 0.1).named_parameters()}
+    assert cross == {"query", "key_value", "norm_attn", "ffn_in", "ffn_out", "norm_ffn"}
 
 
 def test_prior_layer_rejects_other_lengths():

@@ -27,6 +27,7 @@ def test_default_config_is_the_paper_tvr_setting():
     ("heads", 5), ("rkd_a_coef", -1.0), ("vl_coef", float("nan")), ("dropout", 1.0),
     ("sft_factor", 0.0), ("hidden", 0), ("tcp", "yes"), ("hard_pool", 0),
     ("gauss_widths", (None, -1.0)), ("margin", -0.1), ("text_dim", 7.5),
+    ("input_dropout", 1.0), ("input_dropout", "0.1"),
 ])
 def test_validate_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=field if field != "heads" else "divisible"):
@@ -87,6 +88,25 @@ def test_initialisation():
                 assert bool((module.bias == 0).all())
     std = torch.cat(weights).std()
     assert 0.019 < float(std) < 0.021
+
+
+def test_weight_token_starts_from_a_standard_normal():
+    token = MSC(tiny_config(hidden=512, heads=2)).weight_token.detach()
+    assert token.shape == (1, 1, 512)
+    assert 0.85 < float(token.std()) < 1.15 and abs(float(token.mean())) < 0.15
+
+
+def test_parameter_count_at_paper_size_is_the_released_models():
+    with torch.device("meta"):
+        model = MSC(MSCConfig())
+    assert sum(p.numel() for p in model.parameters()) == 30_660_640
+
+
+def test_input_dropout_rate_is_separate_from_the_attention_dropout():
+    model = MSC(tiny_config(dropout=0.3, input_dropout=0.05))
+    assert model.query_proj.dropout.p == model.frame_pos.dropout.p == 0.05
+    assert model.clip_block.branches.dropout.p == model.clip_block.fuse_dropout.p == 0.3
+    assert MSC(tiny_config(dropout=0.3)).clip_pos.dropout.p == 0.3
 
 
 def _loss_and_grads(cfg, batch, seed):

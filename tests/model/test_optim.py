@@ -1,14 +1,22 @@
-"""BertAdam against a loop reference of the update rule; parameter groups; the schedule."""
+"""BertAdam against loop references of the update rule: on plain tensors, and on the
+per-branch reference network's released tensors (per-slice clipping, released decay groups,
+warm-up); parameter groups; the schedule."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
+from model.config import MSCConfig
+from model.interop import convert_authors_state_dict, to_authors_state_dict
 from model.network import MSC
-from model.optim import BertAdam, build_optimizer, no_decay_parameter_names, warmup_linear_schedule
+from model.optim import (BertAdam, build_optimizer, clip_layouts, no_decay_parameter_names,
+                         warmup_linear_schedule)
 from tests.model.batch_factory import one_thread, tiny_config
 from tests.model.loss_oracles import bert_adam_loop
+from tests.model.released_reference import ReferenceMSC, randomised
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -43,8 +51,7 @@ def test_bert_adam_matches_the_loop_reference_with_schedule_and_decay_groups():
             param.grad = grad.clone()
         optimizer.step()
         schedule.step()
-    skip = no_decay_parameter_names(net)
-    decay = [name not in skip for name, _ in net.named_parameters()]
+    decay = [name in ("linear.weight", "norm.weight", "table") for name, _ in net.named_parameters()]
     expected = bert_adam_loop(initial, grads, lrs, decay, weight_decay=0.01)
     for param, want in zip(params, expected):
         torch.testing.assert_close(param.detach().double(), want, rtol=1e-5, atol=1e-6)
@@ -61,17 +68,110 @@ def test_clipping_leaves_the_stored_gradient_untouched():
     torch.testing.assert_close(param.detach(), expected)
 
 
-def test_no_decay_on_biases_and_layer_norms_of_msc():
+def test_decay_groups_follow_the_released_names():
     model = MSC(tiny_config())
     skip = no_decay_parameter_names(model)
-    assert "clip_block.branches.norm_attn.weight" in skip
-    assert "query_proj.norm.weight" in skip and "alignment.bias" in skip
-    assert "clip_block.branches.qkv.bias" in skip
-    assert "clip_block.branches.qkv.weight" not in skip and "weight_token" not in skip
+    for name in ("query_proj.norm.weight", "clip_pos.norm.weight", "frame_proj.norm.bias",
+                 "alignment.bias", "clip_block.branches.qkv.bias", "query_layer.norm_ffn.bias",
+                 "frame_block.cross_attention.key_value.bias"):
+        assert name in skip, name
+    for name in ("clip_block.branches.norm_attn.weight", "query_layer.norm_ffn.weight",
+                 "frame_block.cross_attention.norm_attn.weight", "clip_block.branches.qkv.weight",
+                 "weight_token", "query_pos.embedding.weight", "query_pool.weight"):
+        assert name not in skip, name
     optimizer = build_optimizer(model, lr=1e-3)
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert len(decayed["layouts"]) == len(decayed["params"])
+
+
+def test_clip_layouts_put_each_released_tensor_in_one_slice():
+    layouts = clip_layouts(MSC(tiny_config()))  # hidden 32
+    assert layouts["clip_block.branches.qkv.weight"] == ((8, 32, 3, 32), (1, 3))
+    assert layouts["clip_block.branches.qkv.bias"] == ((8, 3, 32), (2,))
+    assert layouts["frame_block.branches.ffn_in.weight"] == ((8, 32, 1, 128), (1, 3))
+    assert layouts["query_layer.norm_attn.weight"] == ((1, 1, 32), (2,))
+    assert layouts["clip_block.cross_attention.key_value.weight"] == ((2, 32, 32), (1, 2))
+    assert layouts["clip_block.cross_attention.query.weight"] is None
+    assert layouts["weight_token"] is None
+
+
+REFERENCE_SIZES = dict(text_dim=12, video_dim=10, hidden=8, heads=2, text_len=6, frame_len=128)
+LR, WEIGHT_DECAY, TOTAL_STEPS, WARMUP = 0.05, 0.01, 10, 0.2
+
+
+def _released_no_decay(name: str) -> bool:
+    """The released rule, on released names."""
+    return any(marker in name for marker in ("bias", "LayerNorm.bias", "LayerNorm.weight"))
+
+
+def _schedule_factor(step: int) -> float:
+    progress = step / TOTAL_STEPS
+    if progress < WARMUP:
+        return progress / WARMUP
+    return max((progress - 1.0) / (WARMUP - 1.0), 0.0)
+
+
+def _per_tensor_bert_adam(tensors: dict, grads_per_step: list[dict]) -> dict:
+    """Spec 5 on every released tensor on its own, in float64: clip, moments, decay, schedule."""
+    values = {name: t.double().clone() for name, t in tensors.items()}
+    means = {name: torch.zeros_like(v) for name, v in values.items()}
+    squares = {name: torch.zeros_like(v) for name, v in values.items()}
+    for step, grads in enumerate(grads_per_step):
+        lr = LR * _schedule_factor(step)
+        for name, value in values.items():
+            grad = grads[name].double()
+            grad = grad * min(1.0, 1.0 / (math.sqrt(float((grad * grad).sum())) + 1e-6))
+            means[name] = 0.9 * means[name] + 0.1 * grad
+            squares[name] = 0.999 * squares[name] + 0.001 * grad * grad
+            update = means[name] / (squares[name].sqrt() + 1e-6)
+            if not _released_no_decay(name):
+                update = update + WEIGHT_DECAY * value
+            values[name] = value - lr * update
+    return values
+
+
+def _uneven_gradients(reference: nn.Module, steps: int) -> list[dict]:
+    """Per released tensor, per step: N(0, 1) scaled by 100 for every third tensor (so they are
+    clipped) and by 0.01 for the others (so they are not)."""
+    generator = torch.Generator().manual_seed(21)
+    return [{name: torch.randn(p.shape, generator=generator) * (100.0 if (i + s) % 3 == 0 else 0.01)
+             for i, (name, p) in enumerate(reference.named_parameters())} for s in range(steps)]
+
+
+def _run_project_optimiser(reference: nn.Module, grads_per_step: list[dict],
+                           per_slice: bool = True) -> dict:
+    model = MSC(MSCConfig(**REFERENCE_SIZES, sft_factor=0.5))
+    model.load_state_dict(convert_authors_state_dict(reference.state_dict()))
+    optimizer = build_optimizer(model, lr=LR, weight_decay=WEIGHT_DECAY)
+    if not per_slice:
+        for group in optimizer.param_groups:
+            group["layouts"] = None
+    schedule = warmup_linear_schedule(optimizer, total_steps=TOTAL_STEPS, warmup=WARMUP)
+    params = dict(model.named_parameters())
+    for grads in grads_per_step:
+        for name, grad in convert_authors_state_dict(grads).items():
+            params[name].grad = grad
+        optimizer.step()
+        schedule.step()
+    return to_authors_state_dict(model)
+
+
+def test_three_steps_equal_a_per_tensor_bert_adam_on_the_released_tensors():
+    torch.manual_seed(0)
+    reference = randomised(ReferenceMSC(**REFERENCE_SIZES, sft_factor=0.5), seed=1)
+    start = {name: p.detach().clone() for name, p in reference.named_parameters()}
+    grads = _uneven_gradients(reference, steps=3)
+    want = _per_tensor_bert_adam(start, grads)
+    got = _run_project_optimiser(reference, grads)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name].double(), value, rtol=0, atol=1e-6, msg=name)
+    first_step = _run_project_optimiser(reference, grads[:1])
+    assert all(torch.equal(first_step[name], start[name]) for name in start)  # lr 0 at step 0
+    stacked = _run_project_optimiser(reference, grads, per_slice=False)
+    worst = max(float((stacked[name].double() - value).abs().max()) for name, value in want.items())
+    assert worst > 1e-3  # clipping whole stacked tensors is a different optimiser
 
 
 def test_schedule_values():
