@@ -23,6 +23,7 @@ import yaml
 from model.config import MSCConfig
 
 DATA_ROOT_ENV = "MSC_DATA_ROOT"
+DEFAULT_CONFIG = Path("experiments") / "configs" / "synthetic.yaml"  # from the working directory
 SECTIONS = ("data", "model", "train", "tracking")
 
 
@@ -69,6 +70,8 @@ class TrainConfig:
     eval_query_chunk: int = 256  # queries scored against all videos at a time
     eval_video_batch: int = 128  # videos encoded at a time during evaluation
     progress: bool = True  # tqdm progress bar
+    init_from: str | None = None  # checkpoint (this project's or a released best.ckpt) whose
+    # weights start the run; optimiser, schedule and epochs start fresh
 
     def validate(self) -> None:
         """Raise ValueError naming the field for out-of-range values."""
@@ -335,13 +338,16 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None, *,
                 data_root: str | None = None) -> ExperimentConfig:
     """Load a YAML config, apply `key=value` overrides, resolve the data root; validate.
 
-    The data root becomes absolute (see resolve_data_root), so the config stays valid when a
-    worker runs in another directory. Raises ConfigError naming the file, key and problem.
+    The data root and train.init_from become absolute (see resolve_data_root), so the config
+    stays valid when a worker runs in another directory. Raises ConfigError naming the file,
+    key and problem.
     """
     path = Path(path)
     cfg = from_dict(_read_yaml(path), str(path))
     cfg = apply_overrides(cfg, overrides or [], source=f"{path} (overrides)")
     cfg.data.root = str(resolve_data_root(cfg, data_root))
+    if cfg.train.init_from:
+        cfg.train.init_from = str(Path(cfg.train.init_from).expanduser().resolve())
     return cfg
 
 

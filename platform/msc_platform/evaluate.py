@@ -15,11 +15,8 @@ import torch.nn.functional as F
 
 from model.config import MSCConfig
 from model.metrics import diff_norm, gt_ranks, recall_from_ranks, spearman_collapse
-from model.network import MSC, fused_scores, similarity
-from msc_platform.checkpoint import load_checkpoint
-from msc_platform.config import apply_overrides, from_dict, resolve_data_root
-from msc_platform.data import prepare_data
-from msc_platform.device import apply_threads, pick_device, to_device
+from model.network import fused_scores, similarity
+from msc_platform.device import to_device
 
 KS = (1, 5, 10, 100)
 BRANCHES = ("fused", "clip", "frame")
@@ -176,29 +173,17 @@ def evaluate(model, loaders, cfg, *, device: torch.device | str = "cpu") -> dict
                             bf16=cfg.train.bf16)
 
 
-def config_from_checkpoint(checkpoint: dict, source: str, overrides: list[str] | None = None,
-                           data_root: str | None = None):
-    """The ExperimentConfig stored in a checkpoint, with overrides and the data root applied.
-
-    Data root: `data_root` > $MSC_DATA_ROOT > the checkpoint's. Raises ConfigError.
-    """
-    cfg = apply_overrides(from_dict(checkpoint["config"], source), overrides or [], source=source)
-    cfg.data.root = str(resolve_data_root(cfg, data_root))
-    return cfg
+def metric_name(key: str) -> str:
+    """MLflow spelling of an evaluation key: MLflow refuses '@', so "R@1" is logged as "R1"."""
+    return key.replace("R@", "R")
 
 
-def evaluate_checkpoint(path, *, overrides: list[str] | None = None,
-                        data_root: str | None = None, device: str | None = None) -> dict:
-    """Load a checkpoint (last.pt / best.pt), rebuild its model and evaluate it on val.
-
-    Returns {"metrics": {...}, "ranks": DataFrame, "epoch": int, "config": ExperimentConfig}.
-    Raises CheckpointError for a bad file, ConfigError / DataValidationError for bad input.
-    """
-    checkpoint = load_checkpoint(path, required=("model", "config", "epoch"))
-    cfg = config_from_checkpoint(checkpoint, str(path), overrides, data_root)
-    target = pick_device(device or cfg.train.device)
-    apply_threads(cfg.train.num_threads)
-    model = MSC(cfg.model)
-    model.load_state_dict(checkpoint["model"])
-    result = evaluate(model.to(target), prepare_data(cfg), cfg, device=target)
-    return {**result, "epoch": checkpoint["epoch"], "config": cfg}
+def logged_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """An evaluation's metrics under their MLflow names: val/R1 ... val/frame/SumR, diag/...."""
+    row = {}
+    for key, value in metrics.items():
+        if key.startswith(("diffnorm", "spearman")):
+            row[f"diag/{key}"] = value
+        else:
+            row[f"val/{metric_name(key)}"] = value
+    return row

@@ -143,6 +143,18 @@ def incomplete_display(table: pd.DataFrame) -> DisplayTable:
     return DisplayTable(header, rows, len(header))
 
 
+def recall_display(metrics: dict[str, float]) -> DisplayTable:
+    """R@1/5/10/100 and SumR of one evaluation, a row per branch (fused, clip, frame).
+
+    `metrics` uses evaluate's keys: "R@1" ... "SumR" for fused, "clip/R@1" ... for the others.
+    """
+    rows = []
+    for branch, prefix in (("fused", ""), ("clip", "clip/"), ("frame", "frame/")):
+        values = [metrics.get(prefix + name) for name in RECALL_NAMES]
+        rows.append([Cell(branch)] + [Cell(_plain_number(v, RECALL_DIGITS)) for v in values])
+    return DisplayTable(["branch", *RECALL_NAMES], rows)
+
+
 def _or_dash(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return DASH

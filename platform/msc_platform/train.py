@@ -34,7 +34,8 @@ from msc_platform.checkpoint import load_checkpoint, save_checkpoint
 from msc_platform.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from msc_platform.data import TrainingData, prepare_data
 from msc_platform.device import apply_threads, pick_device, to_device
-from msc_platform.evaluate import autocast, evaluate
+from msc_platform.evaluate import autocast, evaluate, logged_metrics, metric_name
+from msc_platform.model_checkpoints import load_initial_model
 from msc_platform.seeding import capture_rng_state, restore_rng_state, seed_everything
 from msc_platform.tracking import NullTracker, RunTracker, git_state, package_versions, tracking_uri
 
@@ -174,19 +175,9 @@ class _Trainer:
         return evaluate(self.model, self.data, self.cfg, device=self.device)
 
 
-def metric_name(key: str) -> str:
-    """MLflow spelling of an evaluation key: MLflow refuses '@', so "R@1" is logged as "R1"."""
-    return key.replace("R@", "R")
-
-
 def _epoch_metrics(train_row: dict, evaluation: dict, seconds: float) -> dict[str, float]:
     """One epoch's MLflow metrics: losses, segments, val/..., diag/..., lr, times."""
-    row = dict(train_row)
-    for key, value in evaluation["metrics"].items():
-        if key.startswith(("diffnorm", "spearman")):
-            row[f"diag/{key}"] = value
-        else:
-            row[f"val/{metric_name(key)}"] = value
+    row = {**train_row, **logged_metrics(evaluation["metrics"])}
     row["epoch_time_s"] = seconds
     return row
 
@@ -252,6 +243,16 @@ def _resume_checkpoint(cfg: ExperimentConfig, out_dir: Path, resume: bool,
 def _run_tags(cfg: ExperimentConfig, data: TrainingData, device: torch.device) -> dict[str, str]:
     return {**git_state(), **package_versions(), "dataset": cfg.data.collection,
             "dataset_fingerprint": data.fingerprint, "device": str(device)}
+
+
+def _start_from(model: MSC, path: str) -> dict[str, str]:
+    """Load the weights of checkpoint `path` (either format) into `model` (train.init_from);
+    returns the run's init_from tags. Raises CheckpointError naming the file and the key when
+    the shapes do not fit."""
+    loaded = load_initial_model(model, path)
+    model.load_state_dict(loaded.model.state_dict())
+    return {"init_from": path, "init_from_format": loaded.format,
+            "init_from_sha256": loaded.sha256}
 
 
 def _relog_missing_epochs(tracker: RunTracker, history: list[dict]) -> None:
@@ -335,8 +336,11 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
     resume: continue from out_dir/last.pt when it exists (its MLflow run included), else start
     fresh. run_id: an existing MLflow run to log into. parent_run_id: make the run a child run.
     tags: extra MLflow tags. on_epoch(EpochReport) runs after each epoch's checkpoint; it may
-    raise StopTraining to end the run gracefully.
-    Raises ConfigError / DataValidationError for bad input before training starts,
+    raise StopTraining to end the run gracefully. cfg.train.init_from: a checkpoint of either
+    format whose weights start a fresh run (ignored when resuming from last.pt); tags init_from,
+    init_from_format, init_from_sha256.
+    Raises ConfigError / DataValidationError for bad input before training starts, CheckpointError
+    for an init_from checkpoint that is unreadable or does not fit the model,
     NonFiniteLossError when the loss stops being finite; the MLflow run then ends FAILED.
     """
     out_dir = Path(out_dir)
@@ -357,6 +361,8 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
         if checkpoint is not None:
             trainer.load(checkpoint)
             _relog_missing_epochs(tracker, trainer.state.history)
+        elif cfg.train.init_from:
+            tracker.set_tags(_start_from(trainer.model, cfg.train.init_from))
         try:
             _run_epochs(trainer, tracker, out_dir, on_epoch)
         except StopTraining as stop:

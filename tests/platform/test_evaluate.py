@@ -88,7 +88,8 @@ def test_a_query_pointing_outside_the_videos_is_rejected():
         rank_chunks(queries, videos, MSCConfig(), chunk=4)
 
 
-def test_msc_eval_reports_the_checkpoint_metrics(tiny_model, tiny_data, tiny_config, tmp_path, capsys):
+def test_msc_eval_reports_the_checkpoint_metrics(tiny_model, tiny_data, tiny_config, mlflow_uri,
+                                                 tmp_path, capsys):
     path = save_checkpoint({"model": tiny_model.state_dict(), "config": to_dict(tiny_config),
                             "epoch": 3}, tmp_path / "best.pt")
     code = msc(["eval", "--checkpoint", str(path), "--out", str(tmp_path / "m.json"),

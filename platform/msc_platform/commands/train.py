@@ -1,4 +1,5 @@
-"""`msc train` (one training run) and `msc eval` (evaluate a checkpoint on the val split)."""
+"""`msc train` (one training run), `msc eval` (evaluate a checkpoint on the val split) and
+`msc export` (write a project checkpoint in the released code's `best.ckpt` format)."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,7 @@ from pathlib import Path
 
 from data_tools.errors import DataValidationError
 from msc_platform.checkpoint import CheckpointError
-from msc_platform.config import ConfigError, load_config, to_yaml
-
-DEFAULT_CONFIG = Path("experiments") / "configs" / "synthetic.yaml"
+from msc_platform.config import DEFAULT_CONFIG, ConfigError, load_config, to_yaml
 
 
 def register(subparsers) -> None:
@@ -30,17 +29,33 @@ def register(subparsers) -> None:
                        help="print the resolved config and exit")
     train.set_defaults(func=run_train)
 
-    evaluate = subparsers.add_parser("eval", help="evaluate a checkpoint on the validation split",
-                                     description="R@1/5/10/100 and SumR (fused, clip, frame) and "
-                                     "collapse diagnostics of a checkpoint, as JSON.")
-    evaluate.add_argument("--checkpoint", required=True, help="last.pt or best.pt of a run")
+    evaluate = subparsers.add_parser(
+        "eval", help="evaluate a checkpoint (this project's or the released best.ckpt) on val",
+        description="R@1/5/10/100 and SumR (fused, clip, frame) and collapse diagnostics of a "
+        "checkpoint: JSON on stdout, a table on stderr, and one MLflow run (metrics, "
+        "ranks.parquet, tags checkpoint_format and checkpoint_sha256). The model comes from the "
+        "checkpoint; the data and evaluation settings from --config.")
+    evaluate.add_argument("--checkpoint", required=True,
+                          help="last.pt / best.pt of a run, or the released code's best.ckpt")
+    evaluate.add_argument("--config", help="YAML config for data, evaluation and tracking "
+                          "(default: the checkpoint's own config; for a released checkpoint "
+                          f"{DEFAULT_CONFIG})")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value",
-                          help="overrides of the stored config, e.g. train.eval_query_chunk=128")
-    evaluate.add_argument("--data-root", help="data root (beats $MSC_DATA_ROOT and the checkpoint's)")
+                          help="overrides, e.g. train.eval_query_chunk=128 tracking.enabled=false")
+    evaluate.add_argument("--data-root", help="data root (beats $MSC_DATA_ROOT and the config's)")
     evaluate.add_argument("--device", help="cpu, cuda, cuda:N (default: the config's train.device)")
     evaluate.add_argument("--out", help="also write the metrics JSON to this file")
     evaluate.add_argument("--ranks", help="also write the per-query ranks to this Parquet file")
     evaluate.set_defaults(func=run_eval)
+
+    export = subparsers.add_parser(
+        "export", help="write a checkpoint in the released code's best.ckpt format",
+        description="Convert this project's last.pt/best.pt into the released code's format "
+        "({config, epoch, model_val, state_dict, optimizer}, released parameter names), which "
+        "its main.py --eval --resume loads.")
+    export.add_argument("--checkpoint", required=True, help="last.pt or best.pt of a run")
+    export.add_argument("--out", required=True, help="file to write, e.g. best.ckpt")
+    export.set_defaults(func=run_export)
 
 
 def _fail(message: str) -> int:
@@ -73,20 +88,37 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint; print metrics JSON (and write --out / --ranks); returns exit code."""
-    from msc_platform.evaluate import evaluate_checkpoint
+    """Evaluate a checkpoint; print metrics JSON and a table (and write --out / --ranks)."""
+    from msc_platform.checkpoint_eval import evaluate_checkpoint
+    from msc_platform.table_render import recall_display, to_markdown
 
     try:
-        result = evaluate_checkpoint(args.checkpoint, overrides=args.overrides,
-                                     data_root=args.data_root, device=args.device)
+        result = evaluate_checkpoint(args.checkpoint, config_path=args.config,
+                                     overrides=args.overrides, data_root=args.data_root,
+                                     device=args.device)
     except (ConfigError, DataValidationError, CheckpointError) as err:
         return _fail(str(err))
-    payload = {"checkpoint": args.checkpoint, "epoch": result["epoch"],
-               "collection": result["config"].data.collection, "metrics": result["metrics"]}
+    payload = {"checkpoint": args.checkpoint, "format": result.format, "sha256": result.sha256,
+               "epoch": result.epoch, "collection": result.config.data.collection,
+               "run_id": result.run_id, "metrics": result.metrics}
     text = json.dumps(payload, indent=2)
     print(text)
+    print(to_markdown(recall_display(result.metrics)), file=sys.stderr, end="")
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.ranks:
-        result["ranks"].to_parquet(args.ranks, index=False)
+        result.ranks.to_parquet(args.ranks, index=False)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write --checkpoint in the released format at --out; print what was written as JSON."""
+    from msc_platform.model_checkpoints import export_authors_checkpoint, file_sha256
+
+    try:
+        written = export_authors_checkpoint(args.checkpoint, args.out)
+    except (ConfigError, CheckpointError) as err:
+        return _fail(str(err))
+    print(json.dumps({"checkpoint": args.checkpoint, "out": str(written),
+                      "sha256": file_sha256(written)}, indent=2))
     return 0
