@@ -15,6 +15,7 @@ COMMAND_MODULES = {
     "data": "msc_platform.commands.data",
     "train": "msc_platform.commands.train",
     "eval": "msc_platform.commands.train",
+    "export": "msc_platform.commands.train",
     "sweep": "msc_platform.commands.sweep",
     "tables": "msc_platform.commands.tables",
     "ablation": "msc_platform.commands.tables",
