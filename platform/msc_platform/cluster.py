@@ -4,14 +4,20 @@ Each node is its own `ray start --block` process (own node IP on loopback, own p
 in its own process group so that `down` stops exactly the processes `up` started and nothing
 else on the machine (never `ray stop`, which kills every Ray process of the user).
 
-    python -m msc_platform.cluster up [--workers 1] [--cpus 1] [--auth token|disabled]
+    python -m msc_platform.cluster up [--workers 1] [--cpus 1] [--port 6379] [--auth token|disabled]
     python -m msc_platform.cluster status
     python -m msc_platform.cluster down
 
-The state (address, process groups, temp dir) lives in `runs/cluster/cluster.json`.
-Authentication: `token` (default) uses Ray's token file (`ray get-auth-token --generate`,
-~/.ray/auth_token), which every driver on this machine finds by itself; `disabled` sets
-RAY_AUTH_MODE=disabled for loopback-only test clusters.
+`up` starts the head, then each worker, one at a time; a node whose start times out is started
+again (ray_nodes.start_node); when one never starts, `up` names it, quotes its log and stops
+every node it started. The head listens on 127.0.0.2:6379 unless that port is taken.
+
+The state (address, auth mode, process groups, temp dir) lives in `runs/cluster/cluster.json`.
+A driver given the recorded address takes the recorded auth mode from there
+(`recorded_auth_mode`), so nothing needs exporting on this machine. Authentication: `token`
+(default) creates Ray's token file if missing (`ray get-auth-token --generate`,
+~/.ray/auth_token) and the nodes require it; `disabled` starts the nodes with
+RAY_AUTH_MODE=disabled (loopback only).
 """
 from __future__ import annotations
 
@@ -19,19 +25,27 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+
+from msc_platform.process_groups import group_alive, group_processes, stop_groups
+from msc_platform.ray_nodes import NodeSpec, NodeStartError, log_tail, start_node
 
 DEFAULT_STATE_DIR = Path("runs") / "cluster"
 STATE_FILE = "cluster.json"
 HEAD_IP = "127.0.0.2"
+DEFAULT_HEAD_PORT = 6379
 AUTH_MODES = ("token", "disabled")
+NODE_ATTEMPTS = 3
+NODE_TIMEOUT_S = 120.0
+JOIN_TIMEOUT_S = 60.0
 
 
 class ClusterError(RuntimeError):
@@ -61,6 +75,28 @@ def free_port(host: str = HEAD_IP) -> int:
         return sock.getsockname()[1]
 
 
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on `host:port` (connections in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def head_port(preferred: int | None) -> int:
+    """`preferred` when it is free on HEAD_IP (with a note on stderr when not), else a free port."""
+    if preferred and port_free(HEAD_IP, preferred):
+        return preferred
+    port = free_port(HEAD_IP)
+    if preferred:
+        print(f"note: {HEAD_IP}:{preferred} is in use; the head listens on {HEAD_IP}:{port}",
+              file=sys.stderr)
+    return port
+
+
 def _ray_executable() -> str:
     """The `ray` script of this interpreter's environment."""
     candidate = Path(sys.executable).with_name("ray")
@@ -87,40 +123,28 @@ def ensure_auth_token() -> None:
         raise ClusterError(f"ray get-auth-token --generate failed: {result.stderr.strip()}")
 
 
-def _common_args(node_ip: str, cpus: int, object_store_mb: int, temp_dir: str) -> list[str]:
-    return [
-        "--block", "--node-ip-address", node_ip, "--num-cpus", str(cpus), "--num-gpus", "0",
-        "--object-store-memory", str(object_store_mb * 1024 * 1024),
-        "--node-manager-port", str(free_port(node_ip)),
-        "--object-manager-port", str(free_port(node_ip)),
-        "--dashboard-agent-listen-port", str(free_port(node_ip)),
-        "--dashboard-agent-grpc-port", str(free_port(node_ip)),
-        "--runtime-env-agent-port", str(free_port(node_ip)),
-        "--metrics-export-port", str(free_port(node_ip)),
-        "--disable-usage-stats", "--temp-dir", temp_dir,
-    ]
+def free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct TCP ports free on `host` right now (all held open while choosing, so the
+    kernel cannot hand out one twice: Ray refuses a node whose components share a port)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                   for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
-def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    """Start one `ray start --block` in a new session (its pid is its process group id)."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                   "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
 
 
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen, log_path: Path,
-                   timeout: float) -> None:
-    """Wait until `host:port` accepts connections; raises ClusterError on timeout or early exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ClusterError(f"the head node exited during start-up; see {log_path}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(1.0)
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.5)
-    raise ClusterError(f"the head node did not open {host}:{port} within {timeout:.0f}s; see {log_path}")
+def _common_args(node_ip: str, cpus: int, object_store_mb: int, temp_dir: str,
+                 ports: list[int]) -> list[str]:
+    """The `ray start` arguments every node gets; `ports` are one per NODE_PORT_FLAGS entry."""
+    port_args = [arg for flag, port in zip(NODE_PORT_FLAGS, ports) for arg in (flag, str(port))]
+    return ["--block", "--node-ip-address", node_ip, "--num-cpus", str(cpus), "--num-gpus", "0",
+            "--object-store-memory", str(object_store_mb * 1024 * 1024), *port_args,
+            "--disable-usage-stats", "--temp-dir", temp_dir]
 
 
 def cluster_nodes(cluster: LocalCluster) -> dict[str, str]:
@@ -139,155 +163,140 @@ def cluster_nodes(cluster: LocalCluster) -> dict[str, str]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _alive_nodes(cluster: LocalCluster) -> list[str]:
-    return list(cluster_nodes(cluster))
+def _nodes_missing(cluster: LocalCluster) -> list[str]:
+    """The node IPs of `cluster` that its head does not list as alive (all of them when unreachable)."""
+    try:
+        alive = cluster_nodes(cluster)
+    except ClusterError:
+        return list(cluster.node_ips)
+    return [ip for ip in cluster.node_ips if ip not in alive]
 
 
-def _wait_for_nodes(cluster: LocalCluster, timeout: float) -> None:
+def _wait_for_nodes(cluster: LocalCluster, nodes: list[NodeSpec], timeout: float) -> None:
+    """Wait until the head lists every node as alive; raises ClusterError naming the missing ones."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = _alive_nodes(cluster)
-        if sorted(alive) == sorted(cluster.node_ips):
+        missing = _nodes_missing(cluster)
+        if not missing:
             return
         if time.monotonic() > deadline:
-            raise ClusterError(f"expected nodes {cluster.node_ips} at {cluster.address}, "
-                               f"found {alive}; logs: {cluster.log_files}")
-        time.sleep(1.0)
+            break
+        time.sleep(2.0)
+    logs = "\n".join(f"last lines of {n.log} ({n.name}):\n{log_tail(n.log)}"
+                     for n in nodes if n.ip in missing)
+    raise ClusterError(f"nodes {missing} started but did not join {cluster.address} within "
+                       f"{timeout:.0f}s\n{logs}")
 
 
 def start_local_cluster(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, workers: int = 1,
-                        cpus: int = 1, auth: str = "token", object_store_mb: int = 200,
-                        timeout: float = 90.0) -> LocalCluster:
+                        cpus: int = 1, auth: str = "token", port: int | None = None,
+                        object_store_mb: int = 200, attempts: int = NODE_ATTEMPTS,
+                        timeout: float = NODE_TIMEOUT_S) -> LocalCluster:
     """Start a head on 127.0.0.2 and `workers` worker nodes on 127.0.0.3, ...; wait until all joined.
 
-    Writes the state to `state_dir/cluster.json`. Raises ClusterError when a cluster recorded in
-    `state_dir` is still running, on a bad argument, or when a node fails to start (the nodes
-    already started are stopped again).
+    The head listens on `port` when it is free, else (and when None) on a free port. Each node
+    gets `attempts` starts of up to `timeout` s each. Writes the state to
+    `state_dir/cluster.json`. Raises ClusterError when a cluster recorded in `state_dir` is still
+    running, on a bad argument, or when a node fails to start or join (naming it and quoting
+    its log; every node already started is stopped again).
     """
     state_dir = Path(state_dir).resolve()
     if auth not in AUTH_MODES:
         raise ClusterError(f"auth: expected one of {list(AUTH_MODES)}, got {auth!r}")
-    if workers < 0 or cpus < 1:
-        raise ClusterError(f"workers must be >= 0 and cpus >= 1, got workers={workers}, cpus={cpus}")
+    if workers < 0 or cpus < 1 or attempts < 1:
+        raise ClusterError(f"workers must be >= 0, cpus and attempts >= 1, got workers={workers}, "
+                           f"cpus={cpus}, attempts={attempts}")
     _refuse_running(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     if auth == "token":
         ensure_auth_token()
     # Unix socket paths must stay short: keep the Ray temp dir under the system temp folder.
     temp_dir = tempfile.mkdtemp(prefix="msc_ray_")
-    port = free_port(HEAD_IP)
     node_ips = [HEAD_IP] + [f"127.0.0.{3 + i}" for i in range(workers)]
-    cluster = LocalCluster(address=f"{HEAD_IP}:{port}", temp_dir=temp_dir, auth=auth,
+    cluster = LocalCluster(address=f"{HEAD_IP}:{head_port(port)}", temp_dir=temp_dir, auth=auth,
                            node_ips=node_ips)
     try:
-        _start_nodes(cluster, port, cpus, object_store_mb, state_dir, timeout)
+        _start_nodes(cluster, cpus, object_store_mb, state_dir, attempts, timeout)
     except BaseException:
         stop_cluster(cluster)
+        _state_path(state_dir).unlink(missing_ok=True)
         raise
-    _write_state(state_dir, cluster)
     return cluster
 
 
-def _start_nodes(cluster: LocalCluster, port: int, cpus: int, object_store_mb: int,
-                 state_dir: Path, timeout: float) -> None:
-    ray = _ray_executable()
-    env = _node_env(cluster.auth)
-    head_log = state_dir / "head.log"
-    head_args = [ray, "start", "--head", "--port", str(port), "--include-dashboard", "false",
-                 "--dashboard-port", str(free_port(HEAD_IP)),
-                 *_common_args(HEAD_IP, cpus, object_store_mb, cluster.temp_dir)]
-    head = _spawn(head_args, head_log, env)
-    cluster.process_groups.append(head.pid)
-    cluster.log_files.append(str(head_log))
-    _wait_for_port(HEAD_IP, port, head, head_log, timeout)
-    for index, node_ip in enumerate(cluster.node_ips[1:], start=1):
-        log = state_dir / f"worker{index}.log"
-        args = [ray, "start", "--address", cluster.address,
-                *_common_args(node_ip, cpus, object_store_mb, cluster.temp_dir)]
-        cluster.process_groups.append(_spawn(args, log, env).pid)
-        cluster.log_files.append(str(log))
-    _wait_for_nodes(cluster, timeout)
+def _node_specs(cluster: LocalCluster, state_dir: Path) -> list[NodeSpec]:
+    names = ["head"] + [f"worker{i}" for i in range(1, len(cluster.node_ips))]
+    return [NodeSpec(name, ip, state_dir / f"{name}.log") for name, ip in zip(names, cluster.node_ips)]
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _node_command(cluster: LocalCluster, node: NodeSpec, ray: str, cpus: int,
+                  object_store_mb: int) -> list[str]:
+    """The `ray start` command of `node` (with freshly chosen free ports on every call)."""
+    *ports, dashboard_port = free_ports(node.ip, len(NODE_PORT_FLAGS) + 1)
+    common = _common_args(node.ip, cpus, object_store_mb, cluster.temp_dir, ports)
+    if node.ip != HEAD_IP:
+        return [ray, "start", "--address", cluster.address, *common]
+    port = cluster.address.rsplit(":", 1)[1]
+    return [ray, "start", "--head", "--port", port, "--include-dashboard", "false",
+            "--dashboard-port", str(dashboard_port), *common]
 
 
-def _parent_pids() -> dict[int, int]:
-    """{pid: parent pid} of every process visible in /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def _start_nodes(cluster: LocalCluster, cpus: int, object_store_mb: int, state_dir: Path,
+                 attempts: int, timeout: float) -> None:
+    """Start the head, then each worker once the node before it runs; then check that all joined.
+
+    The state file is rewritten after each node starts.
+    """
+    ray, env = _ray_executable(), _node_env(cluster.auth)
+    nodes = _node_specs(cluster, state_dir)
+    for node in nodes:
+        node.log.write_bytes(b"")
+        cluster.log_files.append(str(node.log))
+        command = partial(_node_command, cluster, node, ray, cpus, object_store_mb)
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
-
-
-def _descendants(roots: list[int]) -> set[int]:
-    """The processes below `roots` (Ray worker processes run in process groups of their own)."""
-    children: dict[int, list[int]] = {}
-    for pid, ppid in _parent_pids().items():
-        children.setdefault(ppid, []).append(pid)
-    found, stack = set(), list(roots)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process `pid` exists and is not a zombie."""
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+            start_node(node, command, env, cluster.process_groups, attempts=attempts,
+                       timeout=timeout)
+        except NodeStartError as err:
+            raise ClusterError(str(err)) from None
+        _write_state(state_dir, cluster)  # `make cluster-down` can stop what runs so far
+    _wait_for_nodes(cluster, nodes, JOIN_TIMEOUT_S)
 
 
 def cluster_processes(cluster: LocalCluster) -> set[int]:
     """The processes of `cluster` alive now: its `ray start` processes and everything below them."""
-    leaders = [pid for pid in cluster.process_groups if _group_alive(pid)]
-    return {pid for pid in set(leaders) | _descendants(leaders) if pid_alive(pid)}
-
-
-def _kill_quietly(pid: int, sig: int, group: bool = False) -> None:
-    try:
-        (os.killpg if group else os.kill)(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    return group_processes(cluster.process_groups)
 
 
 def stop_cluster(cluster: LocalCluster, grace: float = 20.0) -> None:
-    """Stop every process of `cluster` and its temp dir: SIGTERM, then SIGKILL after `grace` s.
+    """Stop every process of `cluster` and remove its temp dir: SIGTERM, then SIGKILL after `grace` s.
 
-    The processes are the `ray start` process groups and everything below them (Ray's worker
-    processes set up process groups of their own); nothing else on the machine is touched.
-    SIGTERM goes to each `ray start` process alone: it shuts its node down in order.
+    The processes are the `ray start` process groups and everything below them; nothing else on
+    the machine is touched. SIGTERM goes to each `ray start` process alone: it shuts its node
+    down in order.
     """
-    leaders = [pid for pid in cluster.process_groups if _group_alive(pid)]
-    processes = cluster_processes(cluster)
-    for pid in reversed(leaders):
-        _kill_quietly(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) for p in processes):
-        time.sleep(0.2)
-    for pid in processes:
-        _kill_quietly(pid, signal.SIGKILL)
-    for pgid in leaders:
-        _kill_quietly(pgid, signal.SIGKILL, group=True)
+    stop_groups(cluster.process_groups, grace)
     shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+
+
+def running_local_cluster(address: str,
+                          state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> LocalCluster | None:
+    """The cluster recorded in `state_dir` when it runs at `address`, else None.
+
+    Raises ClusterError on an unreadable state file.
+    """
+    cluster = read_state(state_dir)
+    if cluster is None or cluster.address != address.strip():
+        return None
+    return cluster if any(group_alive(g) for g in cluster.process_groups) else None
+
+
+def recorded_auth_mode(address: str, state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> str | None:
+    """The auth mode of the local cluster running at `address` (None: no such cluster recorded).
+
+    Raises ClusterError on an unreadable state file.
+    """
+    cluster = running_local_cluster(address, state_dir)
+    return cluster.auth if cluster else None
 
 
 def _state_path(state_dir: Path) -> Path:
@@ -314,7 +323,7 @@ def read_state(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> LocalCluster
 
 def _refuse_running(state_dir: Path) -> None:
     cluster = read_state(state_dir)
-    if cluster and any(_group_alive(g) for g in cluster.process_groups):
+    if cluster and any(group_alive(g) for g in cluster.process_groups):
         raise ClusterError(f"a cluster recorded in {_state_path(state_dir)} is still running at "
                            f"{cluster.address}; run `make cluster-down` first")
 
@@ -330,12 +339,11 @@ def stop_local_cluster(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> Loca
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    cluster = start_local_cluster(args.state_dir, workers=args.workers, cpus=args.cpus, auth=args.auth)
+    cluster = start_local_cluster(args.state_dir, workers=args.workers, cpus=args.cpus,
+                                  auth=args.auth, port=args.port or None)
     print(f"Ray cluster up: head {cluster.address}, nodes {cluster.node_ips} ({args.cpus} CPU each), "
-          f"auth={cluster.auth}")
+          f"auth={cluster.auth} (recorded in {_state_path(Path(args.state_dir))})")
     print(f"run a sweep on it:  make sweep ADDRESS={cluster.address}")
-    if cluster.auth == "disabled":
-        print("drivers must set RAY_AUTH_MODE=disabled")
     print("stop it:            make cluster-down")
     return 0
 
@@ -349,10 +357,10 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     cluster = read_state(args.state_dir)
-    if cluster is None or not any(_group_alive(g) for g in cluster.process_groups):
+    if cluster is None or not any(group_alive(g) for g in cluster.process_groups):
         print("no running cluster recorded in " + str(args.state_dir))
         return 1
-    print(f"{cluster.address}: alive nodes {_alive_nodes(cluster)} (auth={cluster.auth})")
+    print(f"{cluster.address}: alive nodes {list(cluster_nodes(cluster))} (auth={cluster.auth})")
     return 0
 
 
@@ -365,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start a head and worker nodes on loopback")
     up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
     up.add_argument("--cpus", type=int, default=1, help="CPUs each node offers (default 1)")
+    up.add_argument("--port", type=int, default=DEFAULT_HEAD_PORT,
+                    help=f"head port (default {DEFAULT_HEAD_PORT}; a free one when taken; 0: any free one)")
     up.add_argument("--auth", choices=AUTH_MODES, default="token", help="Ray token authentication")
     up.set_defaults(func=_cmd_up)
     sub.add_parser("down", help="stop the recorded cluster").set_defaults(func=_cmd_down)
