@@ -4,6 +4,10 @@ Each module in COMMAND_MODULES exposes `register(subparsers)`, which adds its su
 and sets `func` on their parsers; `func(args)` returns the exit code. Only the module of the
 sub-command being run is imported (Ray, MLflow and torch are slow to import), except for
 `msc --help` or an unknown command, where every module registers so the listing is complete.
+
+`key=value` overrides may come before, between or after the options (`msc sweep SPEC --storage
+DIR data.root=/data`): argparse's `parse_intermixed_args` refuses parsers with sub-commands, so
+`parse_command_line` collects the overrides that argparse left over itself.
 """
 from __future__ import annotations
 
@@ -40,10 +44,33 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def is_override(arg: str) -> bool:
+    """True for a `key=value` override (not an option such as `--storage=DIR`)."""
+    return "=" in arg and not arg.startswith("-")
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`, accepting `key=value` overrides in any position, in their given order.
+
+    argparse binds the overrides positional to the first run of positionals only; the ones after
+    an option come back as unrecognised and are appended here. Exits with usage (status 2) on an
+    unknown option, or on overrides given to a command that takes none.
+    """
+    args, extras = parser.parse_known_args(argv)
+    unknown = [arg for arg in extras if not is_override(arg)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extras:
+        if not hasattr(args, "overrides"):
+            parser.error(f"{args.command} takes no key=value overrides: {' '.join(extras)}")
+        args.overrides = [*args.overrides, *extras]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` (default: the process arguments) and run the chosen sub-command."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    args = parse_command_line(build_parser(argv), argv)
     return int(args.func(args) or 0)
 
 
