@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from msc_platform.cluster import ClusterError, running_local_cluster
 from msc_platform.config import ConfigError
 from msc_platform.sweep import SweepOutcome, SweepSpecError, load_sweep_spec, run_sweep
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         warn_local_store(spec.base.tracking.uri, args.address or os.environ.get("RAY_ADDRESS"))
         outcome = run_sweep(spec, address=args.address, resume=args.resume,
                             storage=args.storage, verbose=0 if args.quiet else 1)
-    except (SweepSpecError, ConfigError, ConnectionError) as err:
+    except (SweepSpecError, ConfigError, ConnectionError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print_summary(outcome, spec.base.tracking.uri)
@@ -64,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def warn_local_store(configured_uri: str | None, address: str | None) -> None:
-    """On a cluster, say so when MLflow points at a local SQLite file other machines cannot reach."""
+    """On a cluster, say so when MLflow points at a local SQLite file other machines cannot reach.
+
+    Silent for the local cluster of `make cluster-up`: its nodes share this machine's files.
+    Raises ClusterError when the local cluster record is unreadable.
+    """
     uri = configured_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
-    if address and uri.startswith("sqlite:"):
+    if address and uri.startswith("sqlite:") and not running_local_cluster(address):
         print(f"note: MLflow store {uri} is a local file; trials on other machines need a tracking "
               "server (MLFLOW_TRACKING_URI=http://host:5000)", file=sys.stderr)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from msc_platform.ablation import run_ablation
 from msc_platform.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from msc_platform.cluster import ClusterError
 from msc_platform.commands.sweep import add_run_arguments
 from msc_platform.config import ConfigError
 from msc_platform.report import ReportError, ReportResult, write_report
@@ -78,7 +79,8 @@ def run_ablation_command(args: argparse.Namespace) -> int:
         result = run_ablation(args.spec, args.overrides, address=args.address, resume=args.resume,
                               storage=args.storage, out_dir=Path(args.out) if args.out else None,
                               baseline=args.baseline, resamples=args.resamples, verbose=0 if args.quiet else 1)
-    except (SweepSpecError, ConfigError, ConnectionError, RunLookupError, ReportError, ValueError) as err:
+    except (SweepSpecError, ConfigError, ConnectionError, ClusterError, RunLookupError, ReportError,
+            ValueError) as err:
         return _fail(str(err))
     print_report(result.report)
     print(f"Ray Tune results: {result.outcome.storage_dir}")
