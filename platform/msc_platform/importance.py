@@ -51,11 +51,14 @@ def param_importances(runs: list[RunRecord], keys: list[str], seed: int = 0) -> 
     """Normalised fANOVA importances of `keys` for best/SumR over the complete `runs`.
 
     Returns (importances, note); importances is empty and the note says why when fewer than
-    MIN_TRIALS complete trials or no varied parameter are available.
+    MIN_TRIALS complete trials, no varied parameter or no varied score are available (fANOVA
+    raises on a target without variance).
     """
     complete = [run for run in runs if run.complete and run.metric(TARGET_METRIC) is not None]
     if len(complete) < MIN_TRIALS:
         return {}, f"importances skipped: {len(complete)} complete trials, need at least {MIN_TRIALS}"
+    if len({run.metric(TARGET_METRIC) for run in complete}) < 2:
+        return {}, f"importances skipped: every complete trial has the same {TARGET_METRIC}"
     inferred = infer_distributions(complete, keys)
     if not inferred:
         return {}, "importances skipped: no parameter varies across the complete trials"

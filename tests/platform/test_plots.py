@@ -85,3 +85,9 @@ def test_importances_skip_with_a_note_when_too_few_trials():
     constant = [_record(f"t{i}", 1.0 + i, {"train.lr": "0.1"}) for i in range(MIN_TRIALS)]
     assert param_importances(constant, ["train.lr"]) == ({}, "importances skipped: no parameter varies "
                                                               "across the complete trials")
+
+
+def test_importances_skip_with_a_note_when_every_trial_scores_the_same():
+    runs = [_record(f"t{i}", 206.06, {"model.tcp": ["True", "False"][i % 2]}) for i in range(MIN_TRIALS)]
+    assert param_importances(runs, ["model.tcp"]) == ({}, "importances skipped: every complete trial "
+                                                           "has the same best/SumR")
