@@ -7,9 +7,9 @@ released checkpoint uses the default synthetic config. Overrides apply last.
 
 The MLflow run holds the flattened config as params, the metrics under the training run's
 names (`val/R1` ... `val/frame/SumR`, `diag/...`) at step = the checkpoint's epoch,
-`config.yaml` and `ranks.parquet`, and the tags `msc.role=eval`, `checkpoint`,
-`checkpoint_format` (msc | authors), `checkpoint_sha256`, `dataset`, `dataset_fingerprint`,
-`device`, git state and package versions.
+`config.yaml` and `ranks.parquet`, and the tags `msc.role=eval` (the tables leave such runs
+out), `checkpoint`, `checkpoint_format` (msc | authors), `checkpoint_sha256`, `dataset`,
+`dataset_fingerprint`, `device`, git state and package versions.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from msc_platform.data import TrainingData, prepare_data
 from msc_platform.device import apply_threads, pick_device
 from msc_platform.evaluate import evaluate, logged_metrics
 from msc_platform.model_checkpoints import AUTHORS_FORMAT, LoadedModel, load_model_checkpoint
+from msc_platform.run_records import EVAL_ROLE, ROLE_TAG
 from msc_platform.tracking import RunTracker, git_state, package_versions, tracking_uri
 
 EVAL_EXPERIMENT = "msc-eval"
@@ -80,7 +81,7 @@ def _data_for(loaded: LoadedModel, cfg: ExperimentConfig, path: Path) -> Trainin
 
 
 def _eval_tags(result: CheckpointEvaluation, data: TrainingData, device: torch.device) -> dict:
-    return {**git_state(), **package_versions(), "msc.role": "eval",
+    return {**git_state(), **package_versions(), ROLE_TAG: EVAL_ROLE,
             "checkpoint": str(result.checkpoint), "checkpoint_format": result.format,
             "checkpoint_sha256": result.sha256, "dataset": result.config.data.collection,
             "dataset_fingerprint": data.fingerprint, "device": str(device)}

@@ -25,6 +25,7 @@ RANKS_ARTIFACT = "ranks.parquet"
 PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "msc.role"
 SWEEP_PARENT_ROLE = "sweep-parent"
+EVAL_ROLE = "eval"  # a checkpoint evaluation logged by `msc eval`, not a training run
 ROW_TAG = "msc.row"
 SEED_TAG = "msc.seed"
 TRIAL_TAG = "msc.trial_id"
@@ -119,7 +120,7 @@ def _problem(record: RunRecord, error: str | None, stop_reason: str | None) -> s
 def collect_runs(client: MlflowClient, experiment: str, parent_run_id: str | None = None) -> list[RunRecord]:
     """All trial runs of `experiment` (only children of `parent_run_id` when given).
 
-    Sweep parent runs are skipped. When two complete runs share a (row, seed), the newest is
+    Sweep parent runs and `msc eval` runs are skipped. When two complete runs share a (row, seed), the newest is
     kept and the older one gets the problem "superseded". Raises RunLookupError when the
     experiment or the parent run does not exist.
     """
@@ -130,7 +131,8 @@ def collect_runs(client: MlflowClient, experiment: str, parent_run_id: str | Non
         _check_parent(client, parent_run_id, experiment)
     filter_string = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
     runs = _search_all(client, found.experiment_id, filter_string)
-    records = [to_record(run) for run in runs if run.data.tags.get(ROLE_TAG) != SWEEP_PARENT_ROLE]
+    skipped = (SWEEP_PARENT_ROLE, EVAL_ROLE)
+    records = [to_record(run) for run in runs if run.data.tags.get(ROLE_TAG) not in skipped]
     records.sort(key=lambda record: (record.start_time, record.run_id))
     _mark_superseded(records)
     return records

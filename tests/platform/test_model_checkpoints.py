@@ -24,6 +24,7 @@ from model.network import MSC
 from msc_platform.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from msc_platform.commands.train import register
 from msc_platform.config import apply_overrides, from_dict, to_dict, to_yaml
+from msc_platform.run_records import collect_runs
 from msc_platform.train import train
 
 RECALLS = ("R@1", "R@5", "R@10", "R@100", "SumR")
@@ -132,6 +133,7 @@ def test_eval_gives_the_same_metrics_for_the_same_weights_in_both_formats(
                          "tracking.enabled=false")
     assert untracked["run_id"] is None and untracked["metrics"] == from_ours["metrics"]
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 2
+    assert collect_runs(client, "tiny") == []  # tables leave evaluation runs out
 
 
 def test_eval_of_a_released_checkpoint_whose_widths_differ_from_the_data(tiny_config, tmp_path,
