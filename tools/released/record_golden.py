@@ -41,8 +41,9 @@ LOSS_SETTINGS = {"loss_factor": [0.05, 0.04, 8e-5, 0.09], "rkd_d_coef": 10.0, "r
                  "vl_coef": 0.1, "margin": 0.1, "hard_pool_size": 20, "sim_thr": 0.5,
                  "sft_factor": 0.09, "drop": 0.2, "input_drop": 0.2, "initializer_range": 0.02}
 OPTIMISER = {"lr": 0.1, "warmup": 0.1, "t_total": 10, "weight_decay": 0.01, "steps": 3}
-# (raw frame count, scenes, noise) per video: closure ratios spread over several segment counts
-VIDEOS = ((256, 1, 0.05), (200, 3, 0.1), (128, 2, 0.15), (300, 12, 0.2))
+# (raw frame count, scenes, noise) per video: fewer and more raw frames than 128, closure ratios
+# spread over several segment counts
+VIDEOS = ((256, 1, 0.05), (200, 3, 0.1), (90, 2, 0.15), (300, 12, 0.2))
 CAPTIONS = ((2, 3), (3, 9), (2, 5), (3, 11))  # (captions, max tokens) per video
 PADDED_VIDEO, VALID_FRAMES = 2, 100
 
