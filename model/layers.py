@@ -134,7 +134,7 @@ class StackedLayerNorm(nn.Module):
         """Normalise x [K, ..., D] with branch k's affine parameters on x[k]."""
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
         normed = F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS)
-        return normed * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return torch.addcmul(self.bias.reshape(shape), normed, self.weight.reshape(shape))
 
 
 class MultiBranchAttentionLayer(nn.Module):
@@ -190,7 +190,9 @@ class MultiBranchAttentionLayer(nn.Module):
         head_dim = hidden // self.heads
         qkv = self.qkv.forward_shared(x)  # [K, B, L, 3D]
         qkv = qkv.reshape(-1, batch, length, 3, self.heads, head_dim).permute(3, 0, 1, 4, 2, 5)
-        query, key, value = qkv[0], qkv[1], qkv[2]  # [K, B, H, L, dh]
+        # unbind, not indexing: its backward stacks the three gradients instead of zero-filling
+        # a full [3, K, B, H, L, dh] buffer per part.
+        query, key, value = qkv.unbind(0)  # [K, B, H, L, dh]
         logits = query @ key.transpose(-1, -2) / math.sqrt(head_dim)  # [K, B, H, L, L]
         if self.has_prior:
             logits = logits * self.prior[:, None, None]
@@ -209,6 +211,13 @@ class CrossAttentionLayer(nn.Module):
     Multi-head attention (no output projection) -> dropout -> residual -> LayerNorm, then FFN
     Linear(D -> D) -> ReLU -> dropout -> Linear(D -> D) -> dropout -> residual -> LayerNorm.
     Key mask, no size bias. The key and value projections are stored fused in `key_value`.
+
+    With a single query the key and value projections need not be applied to every key: head
+    h's logit of key x_j is q_h . (W_k,h x_j + b_k,h) = x_j . (W_k,h^T q_h) + const (the
+    constant cancels in the softmax), and its context is sum_j p_j (W_v,h x_j + b_v,h) =
+    W_v,h (sum_j p_j x_j) + b_v,h sum_j p_j. So the keys are pooled in the input space and
+    projected once per head: the same function as projecting every key, equal to float
+    rounding, without the [..., L, 2D] key/value tensor.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float):
@@ -231,19 +240,26 @@ class CrossAttentionLayer(nn.Module):
 
     def forward(self, token: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """token [D] attends to keys [..., L, D] with key mask broadcastable to [..., L] -> [..., D]."""
-        hidden = token.shape[-1]
-        head_dim = hidden // self.heads
-        query = self.query(token).reshape(self.heads, 1, head_dim)  # [H, 1, dh]
-        key, value = self.key_value(keys).chunk(2, dim=-1)  # [..., L, D] each
-        key = key.unflatten(-1, (self.heads, head_dim)).transpose(-2, -3)  # [..., H, L, dh]
-        value = value.unflatten(-1, (self.heads, head_dim)).transpose(-2, -3)
-        logits = query @ key.transpose(-1, -2) / math.sqrt(head_dim)  # [..., H, 1, L]
-        logits = logits + key_mask_bias(mask).unsqueeze(-2).unsqueeze(-2)
-        weights = self.attn_dropout(torch.softmax(logits, dim=-1))
-        context = (weights @ value).squeeze(-2).flatten(-2)  # [..., D]
-        attended = self.norm_attn(token + self.dropout(context))
+        attended = self.norm_attn(token + self.dropout(self._attend(token, keys, mask)))
         inner = self.dropout(F.relu(self.ffn_in(attended)))  # [..., D]
         return self.norm_ffn(attended + self.dropout(self.ffn_out(inner)))  # [..., D]
+
+    def _attend(self, token: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Multi-head attention context [..., D] of the token over keys [..., L, D]."""
+        hidden = token.shape[-1]
+        head_dim = hidden // self.heads
+        key_weight, value_weight = self.key_value.weight.chunk(2, dim=0)  # [D, D] each
+        value_bias = self.key_value.bias[hidden:].reshape(self.heads, head_dim)  # [H, dh]
+        query = self.query(token).reshape(self.heads, 1, head_dim)  # [H, 1, dh]
+        probe = query @ key_weight.reshape(self.heads, head_dim, hidden)  # [H, 1, D]
+        probe = probe.squeeze(1) / math.sqrt(head_dim)  # [H, D]
+        logits = keys @ probe.t() + key_mask_bias(mask).unsqueeze(-1)  # [..., L, H]
+        weights = self.attn_dropout(torch.softmax(logits, dim=-2))  # [..., L, H]
+        pooled = weights.transpose(-1, -2) @ keys  # [..., H, D]
+        heads = value_weight.reshape(self.heads, head_dim, hidden)  # [H, dh, D]
+        context = torch.einsum("...hd,hed->...he", pooled, heads)  # [..., H, dh]
+        context = context + weights.sum(dim=-2).unsqueeze(-1) * value_bias  # [..., H, dh]
+        return context.flatten(-2)  # [..., D]
 
 
 class GaussianMixtureBlock(nn.Module):
