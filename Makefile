@@ -36,7 +36,7 @@ test-fast: $(STAMP) ## run the tests without the slow marker
 bench: $(STAMP) ## measure speed and memory; prints a table, writes bench/results.json
 	$(PY) -m bench.run $(ARGS)
 
-sweep: $(STAMP) ## run a Ray Tune sweep (SPEC=..., ADDRESS=ray://... or host:port, RESUME=1)
+sweep: $(STAMP) ## run a Ray Tune sweep (SPEC=..., ADDRESS=host:port, RESUME=1, ARGS="key=value --option")
 	$(VENV)/bin/msc sweep $(SPEC) $(if $(ADDRESS),--address $(ADDRESS)) $(if $(RESUME),--resume) $(ARGS)
 
 ablation: $(STAMP) ## run the paper's Tab. 1 component grid and write its tables
@@ -49,7 +49,7 @@ tables: $(STAMP) ## write tables and plots for an MLflow experiment (EXPERIMENT=
 mlflow-ui: $(STAMP) ## open the MLflow UI on the same store (http://127.0.0.1:5000; MLFLOW_PORT=...)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-cluster-up: $(STAMP) ## start a local two-node Ray cluster (head + worker) on loopback
+cluster-up: $(STAMP) ## start a two-node Ray cluster here (head 127.0.0.2:6379 + worker); docs/sweeps.md
 	$(PY) -m msc_platform.cluster up $(ARGS)
 
 cluster-down: $(STAMP) ## stop the local Ray cluster
