@@ -66,6 +66,20 @@ def adopt_local_cluster_auth(address: str) -> str | None:
     return mode
 
 
+def _join(address: str) -> None:
+    """Connect to the cluster at `address`; raises ConnectionError, with a hint about token
+    authentication when this driver sends no token."""
+    adopt_local_cluster_auth(address)
+    try:
+        ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=True)
+    except ConnectionError as err:
+        if os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
+            raise
+        raise ConnectionError(f"{err}. If it uses token authentication (Ray's default), export "
+                              f"{AUTH_MODE_ENV}=token and RAY_AUTH_TOKEN=<its token>, or run from "
+                              "the clone whose `make cluster-up` started it") from err
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
                 node_ip: str | None = None) -> Iterator[str | None]:
@@ -80,8 +94,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         return
     address = cluster_address(address)
     if address:
-        adopt_local_cluster_auth(address)
-        ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=True)
+        _join(address)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False,
                  _node_ip_address=node_ip or os.environ.get(NODE_IP_ENV, DEFAULT_NODE_IP))
