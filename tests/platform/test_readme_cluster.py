@@ -55,7 +55,14 @@ def tiny_args(storage: Path, data_root: Path, *spec_keys: str) -> str:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Path:
-    """The repository as a user's clone: its files without runs, data or stores, and the .venv."""
+    """The repository as a user's clone: its files without runs, data or stores, and the .venv.
+
+    The .venv is linked, so a stale setup stamp would make the copy's `make` reinstall the
+    project into it from the copy: the test refuses to run then.
+    """
+    stamp, pyproject = REPO_ROOT / ".venv" / ".installed", REPO_ROOT / "pyproject.toml"
+    if not stamp.exists() or stamp.stat().st_mtime < pyproject.stat().st_mtime:
+        pytest.fail(f"{stamp} is missing or older than {pyproject}: run `make setup` first")
     root = tmp_path_factory.mktemp("clone") / "repo"
     shutil.copytree(REPO_ROOT, root, ignore=COPY_IGNORE)
     (root / ".venv").symlink_to(REPO_ROOT / ".venv")
