@@ -64,7 +64,10 @@ class TrainConfig:
     patience: int = 10  # stop once more than this many epochs in a row bring no better val SumR
     seed: int = 9527
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
-    bf16: bool = False  # bf16 autocast, CUDA only
+    bf16: bool = False  # bf16 autocast of forward and losses (CUDA, and CPUs with bf16 matmuls)
+    compile: bool = False  # torch.compile the forward and the losses (see compile_backend)
+    compile_backend: str = "inductor"  # torch.compile backend: inductor, aot_eager, eager, ...
+    log_every: int = 50  # steps between host reads: progress-bar loss and the non-finite check
     num_threads: int = 0  # torch CPU threads for the process; 0 keeps torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms
     eval_query_chunk: int = 256  # queries scored against all videos at a time
@@ -77,7 +80,7 @@ class TrainConfig:
         """Raise ValueError naming the field for out-of-range values."""
         if self.num_threads < 0:
             raise ValueError(f"num_threads: must be >= 0, got {self.num_threads}")
-        positive = ("batch_size", "epochs", "eval_query_chunk", "eval_video_batch")
+        positive = ("batch_size", "epochs", "eval_query_chunk", "eval_video_batch", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -89,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay: must be in [0, 1), got {self.weight_decay}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup: must be in [0, 1), got {self.warmup}")
+        if not self.compile_backend:
+            raise ValueError("compile_backend: must not be empty")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 

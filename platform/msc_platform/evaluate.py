@@ -42,9 +42,9 @@ class EncodedQueries:
 
 
 def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked, otherwise a no-op context."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    """bf16 autocast on `device` (CUDA or CPU) when asked, otherwise a no-op context."""
+    if bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

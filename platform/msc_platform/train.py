@@ -89,7 +89,58 @@ class _State:
 
 
 
-class _Trainer:
+def _forward_loss(model: MSC, batch: dict[str, torch.Tensor],
+                  hard_negatives: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Encode the batch and compute every loss term: (total, terms)."""
+    return msc_loss(model.cfg, model(batch), batch, model, hard_negatives=hard_negatives)
+
+
+class _LossWindow:
+    """Loss terms summed on the device over an epoch, and a non-finite flag over the steps since
+    the last host read, so that the loop reads the host once per window, not once per step."""
+
+    def __init__(self, epoch: int, device: torch.device):
+        self.epoch, self.device = epoch, device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = self.first = 0
+        self.window_total = torch.zeros((), device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add one step's detached terms (device tensors; no host read)."""
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.window_total = self.window_total + terms["total"]
+        self.nonfinite = self.nonfinite | ~torch.isfinite(terms["total"])
+        self.steps += 1
+
+    def close(self) -> float | None:
+        """Read the window back (one host read): its mean total loss, None when it is empty.
+
+        Raises NonFiniteLossError naming the epoch and the window's steps when the total loss
+        was NaN or infinite at any of them.
+        """
+        count = self.steps - self.first
+        if count == 0:
+            return None
+        flag, total = torch.stack([self.nonfinite.float(), self.window_total]).tolist()
+        if flag:
+            raise NonFiniteLossError(f"non-finite loss at epoch {self.epoch} in steps "
+                                     f"{self.first}-{self.steps - 1} (window mean {total / count})")
+        self.first = self.steps
+        self.window_total = torch.zeros((), device=self.device)
+        return total / count
+
+    def epoch_means(self) -> dict[str, float]:
+        """The epoch's mean terms as MLflow metrics: loss/<term> and segments."""
+        totals = torch.stack(list(self.sums.values())).tolist() if self.sums else []
+        means = {key: value / max(self.steps, 1) for key, value in zip(self.sums, totals)}
+        row = {f"loss/{key}": value for key, value in means.items() if key != "segments"}
+        row["segments"] = means.get("segments", 0.0)
+        return row
+
+
+class Trainer:
     """The moving parts of one run; `train()` drives it."""
 
     def __init__(self, cfg: ExperimentConfig, data: TrainingData, device: torch.device):
@@ -100,6 +151,9 @@ class _Trainer:
         total_steps = cfg.train.epochs * self.steps_per_epoch
         self.scheduler = warmup_linear_schedule(self.optimizer, total_steps, cfg.train.warmup)
         self.state = _State()
+        self.forward_loss = _forward_loss
+        if cfg.train.compile:
+            self.forward_loss = torch.compile(_forward_loss, backend=cfg.train.compile_backend)
 
     def load(self, checkpoint: dict) -> None:
         """Restore model, optimiser, schedule, counters and RNG states from a checkpoint."""
@@ -120,20 +174,17 @@ class _Trainer:
                 "best_metrics": s.best_metrics, "history": s.history,
                 "config": to_dict(self.cfg), "rng": capture_rng_state(), "run_id": run_id}
 
-    def train_step(self, batch: dict, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        """One optimiser update on `batch`; returns the detached loss terms.
+    def train_step(self, batch: dict, epoch: int) -> dict[str, torch.Tensor]:
+        """One optimiser update on `batch`; returns the detached loss terms (on the device).
 
-        Raises NonFiniteLossError when the total loss is NaN or infinite (before the update).
+        Reads nothing back to the host: the caller checks the loss for NaN/inf (see
+        _LossWindow). Non-finite values are not caught here.
         """
-        cfg = self.cfg
         batch = to_device(batch, self.device)
-        with autocast(self.device, cfg.train.bf16):
-            out = self.model(batch)
-            total, terms = msc_loss(cfg.model, out, batch, self.model,
-                                    hard_negatives=epoch >= cfg.model.hard_negative_start)
-        if not torch.isfinite(total):
-            shown = {k: round(float(v.detach()), 6) for k, v in terms.items()}
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch} step {step}: terms {shown}")
+        tensors = {key: value for key, value in batch.items() if torch.is_tensor(value)}
+        with autocast(self.device, self.cfg.train.bf16):
+            total, terms = self.forward_loss(self.model, tensors,
+                                             epoch >= self.cfg.model.hard_negative_start)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
@@ -143,32 +194,36 @@ class _Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training loader; returns mean loss terms, lr, time and throughput.
 
-        Raises NonFiniteLossError at the first step whose total loss is not finite.
+        The host reads the loss once every train.log_every steps and at the end of the epoch
+        (progress bar and non-finite check). Raises NonFiniteLossError, naming the window of
+        steps, when the total loss was NaN or infinite at any step of it.
         """
         self.model.train()
         sampler = getattr(self.data.train, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # the shuffle depends on (seed, epoch) only: resumable
-        sums: dict[str, torch.Tensor] = {}
-        videos, steps, start = 0, 0, time.perf_counter()
+        window = _LossWindow(epoch, self.device)
+        videos, start = 0, time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(self.data.train, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                    disable=not self.cfg.train.progress)
         for step, batch in enumerate(bar):
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-            terms = self.train_step(batch, epoch, step)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value
-            videos, steps = videos + len(batch["video_ids"]), steps + 1
-            if self.cfg.train.progress:
-                rate = videos / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{float(terms['total']):.4f}", videos_s=f"{rate:.1f}")
+            window.add(self.train_step(batch, epoch))
+            videos += len(batch["video_ids"])
+            if (step + 1) % self.cfg.train.log_every == 0:
+                self._report(window, bar, videos / max(time.perf_counter() - start, 1e-9))
+        self._report(window, bar, 0.0)
         seconds = time.perf_counter() - start
-        means = {key: float(value) / max(steps, 1) for key, value in sums.items()}
-        row = {f"loss/{key}": value for key, value in means.items() if key != "segments"}
-        row["segments"] = means.get("segments", 0.0)
+        row = window.epoch_means()
         row.update({"lr": lr, "train_time_s": seconds, "throughput_videos_s": videos / seconds})
         return row
+
+    def _report(self, window: "_LossWindow", bar, rate: float) -> None:
+        """Close the loss window (one host read; raises NonFiniteLossError) and show its loss."""
+        loss = window.close()
+        if self.cfg.train.progress and loss is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", videos_s=f"{rate:.1f}")
 
     def evaluate(self) -> dict:
         """Evaluation on the validation split (see msc_platform.evaluate)."""
@@ -263,7 +318,7 @@ def _relog_missing_epochs(tracker: RunTracker, history: list[dict]) -> None:
             tracker.log_metrics(row, step=epoch)
 
 
-def _run_epochs(trainer: _Trainer, tracker: RunTracker, out_dir: Path,
+def _run_epochs(trainer: Trainer, tracker: RunTracker, out_dir: Path,
                 on_epoch: Callable[[EpochReport], Any] | None) -> None:
     """Train from the epoch after trainer.state.epoch until the last epoch or early stopping.
 
@@ -317,7 +372,7 @@ def log_run_record(tracker: RunTracker, best_metrics: dict[str, float], last_epo
         tracker.log_artifact(folder / BEST, "checkpoints")
 
 
-def _finish(trainer: _Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult:
+def _finish(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult:
     """Log best metrics and artifacts, end the run FINISHED, and build the result."""
     state, cfg = trainer.state, trainer.cfg
     best_path = out_dir / BEST if (out_dir / BEST).is_file() else None
@@ -357,7 +412,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
         if not tracker.has_params():
             tracker.log_params(flatten(cfg))
         tracker.log_text(to_yaml(cfg), "config.yaml")
-        trainer = _Trainer(cfg, data, device)
+        trainer = Trainer(cfg, data, device)
         if checkpoint is not None:
             trainer.load(checkpoint)
             _relog_missing_epochs(tracker, trainer.state.history)
