@@ -13,7 +13,7 @@ ARGS ?=
 MLFLOW_PORT ?= 5000
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: help setup test test-fast bench sweep ablation tables mlflow-ui cluster-up cluster-down clean
+.PHONY: help setup lint test test-fast bench sweep ablation tables mlflow-ui cluster-up cluster-down clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -27,7 +27,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install everything (torch CPU build first)
 
-test: $(STAMP) ## run the whole test suite, slow Ray/MLflow tests included
+lint: $(STAMP) ## check the tree with ruff (pyflakes, isort, bugbear; pyproject.toml [tool.ruff])
+	$(PY) -m ruff check .
+
+test: lint ## lint, then run the whole test suite, slow Ray/MLflow tests included
 	$(PY) -m pytest -q --timeout=600 tests
 
 test-fast: $(STAMP) ## run the tests without the slow marker
