@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.render_docs import update_docs
+from data_tools.atomic import atomic_write_json
 
 SECTIONS = (
     "bench.bench_ops",
@@ -88,9 +89,7 @@ def main() -> int:
     _print_table(rows)
     payload = {"machine": _machine(), "quick": args.quick,
                "results": _kept_rows(rows) + rows}
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, RESULTS)
+    atomic_write_json(RESULTS, payload)
     print(f"wrote {RESULTS}")
     update_docs(RESULTS, sections=tuple(name.rsplit(".", 1)[-1] for name in SECTIONS))
     print("updated docs/benchmarks.md")

@@ -14,30 +14,32 @@ One cache is a directory `{cache_dir}/{collection}-{key}/` of `.npy` arrays plus
 `key` hashes the source fingerprint (`data_tools.fingerprint`) with the merge settings
 (`data_tools.features.SETTINGS`) and the format version, so a changed source file or setting
 gives a new key and a rebuild. A build validates the sources first, writes into a temporary
-directory, writes the manifest last and renames the directory into place: a crash mid-write
-leaves only a `.tmp-*` directory, which never loads and is cleaned up later.
+directory (`data_tools.atomic.temp_sibling`), writes the manifest last and renames the directory
+into place: a crash mid-write leaves only a `.{collection}-{key}.tmp-*` directory, which never
+loads and is removed by the next build once its writer is gone. Builders of one collection take
+turns through a file lock (`{cache_dir}/.{collection}.lock`), so concurrent callers build once.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
-import uuid
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import h5py
 import numpy as np
+from filelock import FileLock
 
 from data_tools.features import (CLIP_LEN, CLIP_TOKENS, FRAME_LEN, SETTINGS, TEXT_LEN,
                                  check_clip_tokens, clip_tokens_of, one_thread, stack_fixed_length,
                                  text_inputs)
-from data_tools.fingerprint import digest, source_fingerprint, write_json_atomic
+from data_tools.atomic import atomic_write_json, parse_temp_name, temp_sibling
+from data_tools.fingerprint import digest, source_fingerprint
 from data_tools.index import Index
 from data_tools.layout import Collection, feature_key
+from data_tools.processes import pid_alive
 from data_tools.validate import Report, validate_collection
 from model.merge import l2_normalize
 
@@ -188,38 +190,22 @@ def _write_cache(directory: Path, collection: Collection, report: Report, finger
                 "collection": collection.name, "settings": SETTINGS, "video_dim": report.video_dim,
                 "text_dim": report.text_dim, "arrays": specs, "index": index.to_dict(),
                 "report": asdict(report)}
-    write_json_atomic(directory / MANIFEST, manifest)
+    atomic_write_json(directory / MANIFEST, manifest, indent=1)
 
 
-@contextmanager
-def _locked(cache_dir: Path, name: str):
-    """Hold an exclusive lock per collection, so concurrent builders do the work once."""
+def cache_lock(cache_dir: Path, name: str) -> FileLock:
+    """The exclusive lock of collection `name`'s caches in `cache_dir` (creates the folder)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return FileLock(cache_dir / f".{name}.lock")
 
 
 def _remove_leftovers(cache_dir: Path, name: str, keep: Path) -> None:
     """Drop temporary directories of dead builders and caches of this collection with other keys."""
-    for path in cache_dir.glob(f".tmp-{name}-*"):
-        pid = path.name[len(f".tmp-{name}-"):].split("-", 1)[0]
-        if not pid.isdigit() or not _pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
     own = re.compile(rf"{re.escape(name)}-[0-9a-f]{{{len(keep.name) - len(name) - 1}}}")
+    for path in cache_dir.glob(f".{name}-*"):
+        temp = parse_temp_name(path.name)
+        if temp is not None and own.fullmatch(temp[0]) and not pid_alive(temp[1]):
+            shutil.rmtree(path, ignore_errors=True)
     for path in cache_dir.glob(f"{name}-*"):
         if path.is_dir() and path != keep and own.fullmatch(path.name):
             shutil.rmtree(path, ignore_errors=True)
@@ -259,13 +245,13 @@ def build_or_load(root, collection: str, cache_dir=None, chunk: int = CHUNK_VIDE
     fingerprint = _fingerprint_or_raise(root, collection)
     key = cache_key(fingerprint)
     final = cache_dir / f"{collection}-{key}"
-    with _locked(cache_dir, collection):
+    with cache_lock(cache_dir, collection):
         cache = _load_if_valid(final, key)
         if cache is not None:
             return cache
         report = validate_collection(root, collection, stamp_dir=cache_dir)
         report.fingerprint = fingerprint
-        tmp = cache_dir / f".tmp-{collection}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = temp_sibling(final)
         tmp.mkdir(parents=True)
         try:
             _write_cache(tmp, Collection(root, collection), report, fingerprint, chunk)

@@ -1,4 +1,4 @@
-"""A cheap fingerprint of a collection's source files, and atomic JSON writes.
+"""A cheap fingerprint of a collection's source files.
 
 Fingerprint = SHA-256 over, for each of the four source files: its name, size and mtime (ns);
 the full content of the two caption files (small); the first and last 1 MiB of the two HDF5 files
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 
 from data_tools.layout import Collection
@@ -51,11 +49,3 @@ def digest(payload) -> str:
 def source_fingerprint(collection: Collection) -> str:
     """The fingerprint of the collection's source files; raises OSError if one is missing."""
     return digest(source_records(collection))
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write JSON to a temporary file beside `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)

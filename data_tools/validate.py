@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 from data_tools.errors import DataValidationError, Problem
-from data_tools.fingerprint import source_fingerprint, write_json_atomic
+from data_tools.atomic import atomic_write_json
+from data_tools.fingerprint import source_fingerprint
 from data_tools.layout import SPLITS, Caption, Collection, feature_key, read_captions
 
 
@@ -237,6 +238,6 @@ def validate_collection(root, collection: str, stamp_dir=None) -> Report:
     report = _scan(target)
     report.fingerprint = fingerprint
     if stamp is not None:
-        write_json_atomic(stamp, asdict(report))
+        atomic_write_json(stamp, asdict(report), indent=1)
         _drop_other_stamps(stamp, target)
     return report

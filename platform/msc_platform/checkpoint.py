@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically (temporary file + os.replace), read with clear errors.
+"""Checkpoint files: written atomically (data_tools.atomic), read with clear errors.
 
 A training checkpoint is a dict with the keys in REQUIRED_KEYS: model and optimiser state,
 schedule state (its step), the epoch just finished (0-based), the best val SumR so far and its
@@ -8,11 +8,12 @@ MLflow run id (or None) and the per-epoch history of logged metrics.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_tools.atomic import atomic_write
 
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "best_sumr", "best_epoch",
                  "bad_epochs", "config", "rng", "run_id", "history")
@@ -23,23 +24,13 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write `state` to `path` through a temporary file in the same folder, then os.replace.
+    """Write `state` to `path` through a temporary file in the same folder, flushed to disk,
+    then os.replace.
 
-    A crash mid-write leaves the previous file intact. Returns the final path.
+    A crash mid-write leaves the previous file intact. Returns the final path; re-raises what
+    torch.save raises (an unpicklable value) after removing the temporary file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp), durable=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
+from data_tools.atomic import atomic_write_json
 from msc_platform.process_groups import group_alive, group_processes, stop_groups
 from msc_platform.ray_nodes import NodeSpec, NodeStartError, log_tail, start_node
 
@@ -304,10 +305,7 @@ def _state_path(state_dir: Path) -> Path:
 
 
 def _write_state(state_dir: Path, cluster: LocalCluster) -> None:
-    path = _state_path(state_dir)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(cluster), indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(_state_path(state_dir), asdict(cluster))
 
 
 def read_state(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> LocalCluster | None:

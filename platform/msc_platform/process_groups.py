@@ -11,6 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+from data_tools.processes import pid_alive
+
 
 def group_alive(pgid: int) -> bool:
     """True while any process of process group `pgid` exists."""
@@ -21,15 +23,6 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process `pid` exists and is not a zombie."""
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _parent_pids() -> dict[int, int]:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -10,10 +13,12 @@ import pytest
 import torch
 
 from data_tools import cache as cache_module
-from data_tools.cache import FeatureCache, build_or_load
+from data_tools.cache import FeatureCache, build_or_load, cache_lock
 from data_tools.errors import DataValidationError
 from data_tools.layout import feature_key
 from model.merge import fixed_length, l2_normalize, order_preserving_merge
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +108,17 @@ def test_a_crash_mid_write_leaves_no_valid_cache(tiny_copy, tmp_path, monkeypatc
         build_or_load(tiny_copy.root, "synthetic", cache_dir)
     assert not list(cache_dir.glob("synthetic-*"))
     monkeypatch.undo()
-    # a builder killed outright leaves its temporary directory; it never loads and is swept
-    dead = cache_dir / ".tmp-synthetic-999999999-deadbeef"
-    dead.mkdir()
-    (dead / "frames.npy").write_bytes(b"partial")
+    # a builder killed outright leaves its temporary directory; it never loads and is swept,
+    # unlike the directory of a builder still running or of another collection
+    key = cache_module.cache_key(cache_module.source_fingerprint(tiny_copy))
+    dead = cache_dir / f".synthetic-{key}.tmp-999999999-deadbeef"
+    running = cache_dir / f".synthetic-{key}.tmp-{os.getpid()}-0123abcd"
+    other = cache_dir / f".synthetic-extra-{key}.tmp-999999999-deadbeef"
+    for folder in (dead, running, other):
+        folder.mkdir()
+        (folder / "frames.npy").write_bytes(b"partial")
     cache = build_or_load(tiny_copy.root, "synthetic", cache_dir)
-    assert not dead.exists()
+    assert not dead.exists() and running.exists() and other.exists()
     # a cache directory missing its manifest (or with a short array) is rebuilt, not trusted
     (cache.path / "manifest.json").unlink()
     assert build_or_load(tiny_copy.root, "synthetic", cache_dir).video(0, "optome")["frames"].shape == (128, 32)
@@ -134,3 +144,34 @@ def test_touching_a_source_file_counts_as_a_change(tiny_copy, tmp_path):
     later = time.time() + 5
     os.utime(tiny_copy.text_h5, (later, later))
     assert build_or_load(tiny_copy.root, "synthetic", cache_dir).key != first.key
+
+
+BUILDER = """
+import sys
+from data_tools.cache import build_or_load
+print("imported", flush=True)
+print(build_or_load(sys.argv[1], "synthetic", sys.argv[2]).path, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_builder_waits_for_the_lock_and_the_next_caller_loads_what_it_built(tiny_copy, tmp_path):
+    cache_dir = tmp_path / "cache"
+    with cache_lock(cache_dir, "synthetic"):
+        builder = subprocess.Popen([sys.executable, "-c", BUILDER, str(tiny_copy.root),
+                                    str(cache_dir)], stdout=subprocess.PIPE, text=True,
+                                   cwd=REPO_ROOT)
+        try:
+            assert builder.stdout.readline().strip() == "imported"
+            time.sleep(2.0)
+            assert builder.poll() is None and not list(cache_dir.glob("synthetic-*"))
+        except BaseException:
+            builder.kill()
+            raise
+    out, _ = builder.communicate(timeout=120)
+    assert builder.returncode == 0
+    manifest = cache_dir / out.strip() / "manifest.json"
+    built_at = manifest.stat().st_mtime_ns
+    assert build_or_load(tiny_copy.root, "synthetic", cache_dir).path == manifest.parent
+    assert manifest.stat().st_mtime_ns == built_at
+    assert [p.name for p in cache_dir.glob("synthetic-*")] == [manifest.parent.name]

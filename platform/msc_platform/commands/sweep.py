@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
 
+from data_tools.atomic import atomic_write_json
 from msc_platform.cluster import ClusterError, running_local_cluster
 from msc_platform.config import ConfigError
 from msc_platform.sweep import SweepOutcome, SweepSpecError, load_sweep_spec, run_sweep
@@ -78,10 +78,7 @@ def warn_local_store(configured_uri: str | None, address: str | None) -> None:
 
 def write_outcome(outcome: SweepOutcome, path: Path) -> None:
     """The outcome as JSON (written atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(outcome), indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, dataclasses.asdict(outcome), default=str)
 
 
 def _format(value) -> str:
