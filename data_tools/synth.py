@@ -15,12 +15,13 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from data_tools.atomic import temp_sibling
 from data_tools.layout import KNOWN_WIDTHS, Collection, feature_key
 
 SYNTH_VERSION = 1
@@ -199,28 +200,45 @@ def _video_id(collection: str, index: int) -> str:
     return f"{prefix}{index:06d}"
 
 
-def _write_split(rng, world, s, collection, split, first_index, count, pool, video_file, text_file):
+@dataclass
+class _Writer:
+    """What every split of one generated collection shares: the random stream, the world, the
+    sizes, the pool of earlier events (for near duplicates) and the two open HDF5 files."""
+
+    rng: np.random.Generator
+    world: _World
+    sizes: SynthSizes
+    collection: str
+    video_file: h5py.File
+    text_file: h5py.File
+    pool: list[_Event] = field(default_factory=list)
+
+
+def _write_videos(w: _Writer, first_index: int, count: int) -> list[str]:
     """Generate `count` videos with their captions; returns the caption file's lines."""
+    rng, s = w.rng, w.sizes
     lines = []
     for index in range(first_index, first_index + count):
-        video_id = _video_id(collection, index)
+        video_id = _video_id(w.collection, index)
         n_events = int(rng.integers(s.events_min, s.events_max + 1))
         n_frames = int(rng.integers(max(s.frames_min, n_events), s.frames_max + 1))
-        events = [_draw_event(rng, world, s, pool) for _ in range(n_events)]
+        events = [_draw_event(rng, w.world, s, w.pool) for _ in range(n_events)]
         style = _unit(rng.normal(size=s.video_dim))
         lengths = _event_lengths(rng, n_frames, n_events)
-        frames = np.concatenate([_event_frames(rng, world, s, e, int(n), style)
-                                 for e, n in zip(events, lengths)])
-        video_file.create_dataset(feature_key(collection, video_id), data=frames.astype(np.float32))
+        frames = np.concatenate([_event_frames(rng, w.world, s, e, int(n), style)
+                                 for e, n in zip(events, lengths, strict=True)])
+        w.video_file.create_dataset(feature_key(w.collection, video_id),
+                                    data=frames.astype(np.float32))
         n_captions = int(rng.integers(s.captions_min, s.captions_max + 1))
         chosen = rng.permutation(n_events)[:n_captions] if n_captions <= n_events else \
             rng.integers(n_events, size=n_captions)
         for j, event_index in enumerate(chosen):
             cap_id = f"{video_id}#enc#{j}"
             event = events[int(event_index)]
-            text_file.create_dataset(cap_id, data=_caption_tokens(rng, world, s, event).astype(np.float32))
-            lines.append(f"{cap_id} {_caption_text(world, event, int(event_index), n_events)}")
-        pool.extend(events)
+            tokens = _caption_tokens(rng, w.world, s, event)
+            w.text_file.create_dataset(cap_id, data=tokens.astype(np.float32))
+            lines.append(f"{cap_id} {_caption_text(w.world, event, int(event_index), n_events)}")
+        w.pool.extend(events)
     return lines
 
 
@@ -230,12 +248,11 @@ def _generate(target: Collection, sizes: SynthSizes, seed: int) -> None:
     world = _make_world(rng, sizes)
     target.text_dir.mkdir(parents=True)
     target.feature_dir.mkdir(parents=True)
-    pool: list[_Event] = []
     with h5py.File(target.video_h5, "w") as video_file, h5py.File(target.text_h5, "w") as text_file:
+        writer = _Writer(rng, world, sizes, target.name, video_file, text_file)
         first = 0
         for split, count in (("train", sizes.train_videos), ("val", sizes.val_videos)):
-            lines = _write_split(rng, world, sizes, target.name, split, first, count, pool,
-                                 video_file, text_file)
+            lines = _write_videos(writer, first, count)
             target.caption_file(split).write_text("\n".join(lines) + "\n", encoding="utf-8")
             first += count
 
@@ -272,7 +289,7 @@ def synthesize(root, collection: str = "synthetic", preset: str = "tiny", seed: 
     resolved = resolve_sizes(collection, preset, **sizes)
     dest = Collection(root, collection)
     dest.root.mkdir(parents=True, exist_ok=True)
-    tmp_root = dest.root / f".{collection}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_root = temp_sibling(dest.dir)
     tmp = Collection(tmp_root, collection)
     try:
         _generate(tmp, resolved, seed)

@@ -94,7 +94,6 @@ class BertAdam(Optimizer):
             if not state:
                 state["exp_avg"] = torch.zeros_like(param)
                 state["exp_avg_sq"] = torch.zeros_like(param)
-            state["step"] = state.get("step", 0) + 1
             means.append(state["exp_avg"])
             squares.append(state["exp_avg_sq"])
         return means, squares

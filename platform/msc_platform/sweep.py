@@ -245,32 +245,40 @@ def _summaries(spec: SweepSpec, trials, runs_by_trial: dict[str, Any]) -> list[T
         last = trial.last_result or {}
         run = runs_by_trial.get(trial.trial_id)
         best = _best_metric(run, spec) if run is not None else None
-        error = trial.get_error() if trial.status == "ERROR" else None
+        error = _error_line(trial)
         summaries.append(TrialSummary(
             trial_id=trial.trial_id, status=trial.status, params=dict(trial.config),
             overrides=trial_overrides(spec, trial.config), best=best,
             epochs=int(last.get(TIME_ATTR, 0)), run_id=run.info.run_id if run else last.get(RUN_ID_KEY),
-            node_id=last.get("node_id"), error=str(error).strip().splitlines()[-1] if error else None,
+            node_id=last.get("node_id"), error=error,
             failures=trial.run_metadata.num_failures))
     return summaries
 
 
 def _best_metric(run, spec: SweepSpec) -> float | None:
     """The trial's best value of the sweep metric, from its MLflow child run."""
-    key = "val/SumR" if spec.metric == "SumR" else f"val/{spec.metric}"
     best = run.data.metrics.get(f"best/{spec.metric}")
-    if best is None and key in run.data.metrics:
-        best = run.data.metrics[key]
+    if best is None:
+        best = run.data.metrics.get(f"val/{spec.metric}")
     return best if best is not None and math.isfinite(best) else None
+
+
+def _error_line(trial) -> str | None:
+    """The last line of an errored trial's exception; None for other trials."""
+    if trial.status != "ERROR":
+        return None
+    error = trial.get_error()
+    lines = str(error).strip().splitlines() if error else []
+    return lines[-1] if lines else type(error).__name__
 
 
 def _outcomes(trials) -> dict[str, dict[str, Any]]:
     outcomes = {}
     for trial in trials:
-        error = trial.get_error() if trial.status == "ERROR" else None
+        error = _error_line(trial)
         outcomes[trial.trial_id] = {
             "status": trial.status,
-            "error": str(error).strip().splitlines()[-1][:1000] if error else None,
+            "error": error[:1000] if error else None,
             "checkpoint": trial.checkpoint}
     return outcomes
 

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
+from data_tools.atomic import atomic_copy, atomic_write
 from model.losses import msc_loss
 from model.network import MSC
 from model.optim import build_optimizer, warmup_linear_schedule
@@ -73,7 +73,6 @@ class TrainResult:
     metrics: dict[str, float]  # best/... metrics and best_epoch, as logged at the end
     run_id: str | None
     checkpoint_path: Path | None  # best.pt
-    status: str  # "FINISHED"
 
 
 @dataclass
@@ -245,28 +244,6 @@ def _best_metrics(evaluation: dict, epoch: int) -> dict[str, float]:
     return best
 
 
-def _write_parquet_atomic(frame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _open_tracker(cfg: ExperimentConfig, run_id: str | None, parent_run_id: str | None,
                   tags: dict[str, str] | None) -> RunTracker:
     if not cfg.tracking.enabled:
@@ -339,14 +316,14 @@ def _run_epochs(trainer: Trainer, tracker: RunTracker, out_dir: Path,
         if is_best:
             state.best_sumr, state.best_epoch, state.bad_epochs = sumr, epoch, 0
             state.best_metrics = _best_metrics(evaluation, epoch)
-            _write_parquet_atomic(evaluation["ranks"], out_dir / RANKS)
+            atomic_write(out_dir / RANKS, partial(evaluation["ranks"].to_parquet, index=False))
         else:
             state.bad_epochs += 1
         state.epoch = epoch
         state.history.append(row)
         last = save_checkpoint(trainer.checkpoint(tracker.run_id), out_dir / LAST)
         if is_best:
-            _copy_atomic(last, out_dir / BEST)
+            atomic_copy(last, out_dir / BEST)
         tracker.log_metrics(row, step=epoch)
         if on_epoch is not None:
             on_epoch(EpochReport(epoch, {**row, "SumR": sumr}, out_dir, last, tracker.run_id, is_best))
@@ -380,7 +357,7 @@ def _finish(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult
                    cfg.tracking.log_checkpoint)
     tracker.finish("FINISHED")
     return TrainResult(state.best_sumr, state.best_epoch, dict(state.best_metrics),
-                       tracker.run_id, best_path, "FINISHED")
+                       tracker.run_id, best_path)
 
 
 def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = False,
