@@ -3,120 +3,131 @@
 A config file has the sections `data:`, `model:` (fields of `model.config.MSCConfig`),
 `train:` and `tracking:`, and may name a `base:` file (relative to itself) whose values it
 overrides. Overrides are `section.key=value` strings (`train.lr=1e-4`, `model.tcp=false`).
-Unknown keys, values of the wrong type and out-of-range values raise `ConfigError` naming the
-file, the dotted key and the problem, before any work starts.
+Each field's type says what it accepts; pydantic checks them (`model.validation`), and unknown
+keys, values of the wrong type and out-of-range values raise `ConfigError` with one line per bad
+field naming the file, the dotted key and the problem, before any work starts.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import AfterValidator
 
 from model.config import MSCConfig
+from model.validation import (
+    FIELD_RULES,
+    Bool,
+    Fraction,
+    Int,
+    InvalidFields,
+    NonEmptyText,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Text,
+    validate_as,
+    without_none,
+)
 
 DATA_ROOT_ENV = "MSC_DATA_ROOT"
 DEFAULT_CONFIG = Path("experiments") / "configs" / "synthetic.yaml"  # from the working directory
 SECTIONS = ("data", "model", "train", "tracking")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the source, key and problem."""
+    """A config file or override is invalid; the message names the source, key and problem.
+
+    `problems` holds the (dotted key, problem) pairs of a validation failure ([] for a file
+    that cannot be read or parsed), for callers that report them under keys of their own.
+    """
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
+    @classmethod
+    def listing(cls, source: str, problems: list[tuple[str, str]]) -> ConfigError:
+        """One line `{source}: {key}: {problem}` per problem."""
+        return cls(str(InvalidFields(problems, prefix=f"{source}: ")), problems)
+
+
+def _device_name(name: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ValueError("expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return name
 
 
 @dataclass
 class DataConfig:
     """Where the features live and how they are loaded."""
 
-    root: str = "data"  # relative to the working directory; see resolve_data_root
-    collection: str = "synthetic"
-    synthetic_preset: str | None = None  # "tiny" | "small": generate the collection on first use
-    synthetic_seed: int = 0
-    cache_dir: str | None = None  # feature cache; None: {root}/.cache
-    num_workers: int = 0
+    __pydantic_config__ = FIELD_RULES
 
-    def validate(self) -> None:
-        """Raise ValueError naming the field for out-of-range values."""
-        if not self.collection:
-            raise ValueError("collection: must not be empty")
-        if self.synthetic_preset not in (None, "tiny", "small"):
-            raise ValueError(f"synthetic_preset: expected 'tiny', 'small' or null, got {self.synthetic_preset!r}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers: must be >= 0, got {self.num_workers}")
+    root: Text = "data"  # relative to the working directory; see resolve_data_root
+    collection: NonEmptyText = "synthetic"
+    # "tiny" | "small": generate the collection on first use
+    synthetic_preset: Literal["tiny", "small"] | None = None
+    synthetic_seed: Int = 0
+    cache_dir: Text | None = None  # feature cache; None: {root}/.cache
+    num_workers: NonNegativeInt = 0
 
 
 @dataclass
 class TrainConfig:
     """Optimisation, schedule, stopping rule and evaluation chunking."""
 
-    batch_size: int = 128  # videos per batch, each with all its captions
-    epochs: int = 100
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.01  # fraction of all steps
-    patience: int = 10  # stop once more than this many epochs in a row bring no better val SumR
-    seed: int = 9527
-    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
-    bf16: bool = False  # bf16 autocast of forward and losses (CUDA, and CPUs with bf16 matmuls)
-    compile: bool = False  # torch.compile the forward and the losses (see compile_backend)
-    compile_backend: str = "inductor"  # torch.compile backend: inductor, aot_eager, eager, ...
-    log_every: int = 50  # steps between host reads: progress-bar loss and the non-finite check
-    num_threads: int = 0  # torch CPU threads for the process; 0 keeps torch's default
-    deterministic: bool = False  # torch.use_deterministic_algorithms
-    eval_query_chunk: int = 256  # queries scored against all videos at a time
-    eval_video_batch: int = 128  # videos encoded at a time during evaluation
-    progress: bool = True  # tqdm progress bar
-    init_from: str | None = None  # checkpoint (this project's or a released best.ckpt) whose
-    # weights start the run; optimiser, schedule and epochs start fresh
+    __pydantic_config__ = FIELD_RULES
 
-    def validate(self) -> None:
-        """Raise ValueError naming the field for out-of-range values."""
-        if self.num_threads < 0:
-            raise ValueError(f"num_threads: must be >= 0, got {self.num_threads}")
-        positive = ("batch_size", "epochs", "eval_query_chunk", "eval_video_batch", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.patience < 0:
-            raise ValueError(f"patience: must be >= 0, got {self.patience}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr: must be a finite number > 0, got {self.lr}")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay: must be in [0, 1), got {self.weight_decay}")
-        if not 0 <= self.warmup < 1:
-            raise ValueError(f"warmup: must be in [0, 1), got {self.warmup}")
-        if not self.compile_backend:
-            raise ValueError("compile_backend: must not be empty")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+    batch_size: PositiveInt = 128  # videos per batch, each with all its captions
+    epochs: PositiveInt = 100
+    lr: PositiveFloat = 3e-4
+    weight_decay: Fraction = 0.01
+    warmup: Fraction = 0.01  # fraction of all steps
+    # stop once more than `patience` epochs in a row bring no better val SumR
+    patience: NonNegativeInt = 10
+    seed: Int = 9527
+    # "auto" (CUDA when available), "cpu", "cuda", "cuda:N"
+    device: Annotated[Text, AfterValidator(_device_name)] = "auto"
+    bf16: Bool = False  # bf16 autocast of forward and losses (CUDA, and CPUs with bf16 matmuls)
+    compile: Bool = False  # torch.compile the forward and the losses (see compile_backend)
+    compile_backend: NonEmptyText = "inductor"  # torch.compile backend: inductor, aot_eager, ...
+    log_every: PositiveInt = 50  # steps between host reads: progress-bar loss, non-finite check
+    num_threads: NonNegativeInt = 0  # torch CPU threads for the process; 0 keeps torch's default
+    deterministic: Bool = False  # torch.use_deterministic_algorithms
+    eval_query_chunk: PositiveInt = 256  # queries scored against all videos at a time
+    eval_video_batch: PositiveInt = 128  # videos encoded at a time during evaluation
+    progress: Bool = True  # tqdm progress bar
+    # checkpoint (this project's or a released best.ckpt) whose weights start the run;
+    # optimiser, schedule and epochs start fresh
+    init_from: Text | None = None
 
 
 @dataclass
 class TrackingConfig:
     """MLflow settings."""
 
-    enabled: bool = True
-    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
-    experiment: str = "msc"
-    run_name: str | None = None
-    log_checkpoint: bool = True  # upload best.pt as an artifact at the end
+    __pydantic_config__ = FIELD_RULES
 
-    def validate(self) -> None:
-        """Raise ValueError naming the field for out-of-range values."""
-        if not self.experiment:
-            raise ValueError("experiment: must not be empty")
+    enabled: Bool = True
+    uri: Text | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: NonEmptyText = "msc"
+    run_name: Text | None = None
+    log_checkpoint: Bool = True  # upload best.pt as an artifact at the end
 
 
 @dataclass
 class ExperimentConfig:
     """One training run: data, model (MSCConfig), training and tracking settings."""
+
+    __pydantic_config__ = FIELD_RULES
 
     data: DataConfig = field(default_factory=DataConfig)
     model: MSCConfig = field(default_factory=MSCConfig)
@@ -140,127 +151,35 @@ def _parse_scalar(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def read_yaml(path: Path, relative_keys: tuple[str, ...] = (),
+              seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping merged over its `base:` chain (each base named relative to its file).
 
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return `value` checked (and widened int->float, list->tuple) against type `tp`.
-
-    Raises ConfigError("key: expected T, got V") on a mismatch.
+    Top-level `relative_keys` hold file names relative to the file that sets them; they come
+    back absolute. Raises ConfigError naming the file: unreadable, not valid YAML, not a
+    mapping, a base that is not a file name or that leads back to itself.
     """
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{key}: expected one of {list(typing.get_args(tp))}, got {value!r}")
-        return value
-    if tp in (tuple, list):
-        origin = tp
-    if origin in (tuple, list):
-        if isinstance(value, str):
-            try:
-                value = _parse_scalar(value)
-            except yaml.YAMLError:
-                raise ConfigError(f"{key}: expected a list, got {value!r}") from None
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        item_type = args[0] if args else Any
-        items = [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif isinstance(value, tp):
-        return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _section_classes() -> dict[str, type]:
-    return {"data": DataConfig, "model": MSCConfig, "train": TrainConfig, "tracking": TrackingConfig}
-
-
-def _set_value(cfg: ExperimentConfig, key: str, value: Any, raw_text: str | None = None) -> None:
-    """Set the dotted `key` (section.field) on `cfg` after a type check; raises ConfigError."""
-    section, _, name = key.partition(".")
-    classes = _section_classes()
-    if section not in classes or not name:
-        raise ConfigError(f"{key}: unknown key (expected '<section>.<field>' with section one of {list(SECTIONS)})")
-    types_by_name = _field_types(classes[section])
-    if name not in types_by_name:
-        raise ConfigError(f"{key}: unknown key (known in '{section}': {sorted(types_by_name)})")
-    tp = types_by_name[name]
-    if raw_text is not None and _accepts_str(tp) and isinstance(value, (int, float, bool)):
-        value = raw_text
-    setattr(getattr(cfg, section), name, _coerce(value, tp, key))
-
-
-def _accepts_str(tp: Any) -> bool:
-    return tp is str or str in typing.get_args(tp)
-
-
-def validate(cfg: ExperimentConfig) -> None:
-    """Run every section's range checks; raises ConfigError('section.field: problem')."""
-    for section in SECTIONS:
-        try:
-            getattr(cfg, section).validate()
-        except ValueError as err:
-            message = str(err).removeprefix(f"{type(getattr(cfg, section)).__name__}.")
-            raise ConfigError(f"{section}.{message}") from err
-
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a config file, merged over its `base:` chain; raises ConfigError."""
     if path in seen:
         raise ConfigError(f"{path}: base: circular reference through {[str(p) for p in seen]}")
     try:
         text = path.read_text()
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read config file: {err.strerror or err}") from err
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from err
     try:
         data = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections {list(SECTIONS)}, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    for key in relative_keys:
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = str((path.parent / data[key]).resolve())
     base = data.pop("base", None)
     if base is None:
         return data
-    if not isinstance(base, str):
+    if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
-    parent = _read_yaml((path.parent / base).resolve(), seen + (path,))
+    parent = read_yaml((path.parent / base).resolve(), relative_keys, seen + (path,))
     return _deep_merge(parent, data)
 
 
@@ -275,27 +194,25 @@ def _deep_merge(lower: dict, upper: dict) -> dict:
 
 
 def from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    """Build and validate an ExperimentConfig from nested sections; raises ConfigError."""
-    cfg = ExperimentConfig()
-    for section, values in data.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"{source}: {section}: unknown section (expected {list(SECTIONS)})")
-        if values is None:
-            continue
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: {section}: expected a mapping, got {values!r}")
-        for name, value in values.items():
-            _with_source(source, _set_value, cfg, f"{section}.{name}", value)
-    _with_source(source, validate, cfg)
-    return cfg
+    """Build and validate an ExperimentConfig from nested sections; raises ConfigError.
+
+    A section given as null keeps its defaults. The error lists every bad field.
+    """
+    return _validated({name: values for name, values in data.items() if values is not None},
+                      source)
 
 
-def _with_source(source: str, fn, *args) -> Any:
-    """Call fn(*args), prefixing any ConfigError with `source`."""
+def _validated(values: dict[str, Any], source: str,
+               problems: list[tuple[str, str]] | None = None) -> ExperimentConfig:
+    """`values` as an ExperimentConfig; raises ConfigError listing `problems` and every bad field."""
+    problems = list(problems or [])
     try:
-        return fn(*args)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        cfg = validate_as(ExperimentConfig, values)
+    except InvalidFields as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError.listing(source, problems)
+    return cfg
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
@@ -316,21 +233,55 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
 
 def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any] | list[str],
                     source: str = "overrides") -> ExperimentConfig:
-    """Return a copy of `cfg` with dotted overrides applied and validated.
+    """A new config: `cfg` with dotted overrides applied, validated; `cfg` stays as it is.
 
     `overrides` is a dict {"model.sim_thr": 0.7} (values typed, e.g. from Ray Tune) or a list of
-    "key=value" strings. Raises ConfigError naming `source`, the key and the problem.
+    "key=value" strings. Raises ConfigError naming `source` and every bad key with its problem.
     """
-    updated = dataclasses.replace(
-        cfg, **{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
     if isinstance(overrides, dict):
         items = [(key, value, None) for key, value in overrides.items()]
     else:
-        items = _with_source(source, parse_overrides, list(overrides))
+        try:
+            items = parse_overrides(list(overrides))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    values, problems = to_dict(cfg), []
     for key, value, text in items:
-        _with_source(source, _set_value, updated, key, value, text)
-    _with_source(source, validate, updated)
-    return updated
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            problems.append((key, "unknown key (expected '<section>.<field>' with a section of "
+                                  f"{', '.join(SECTIONS)})"))
+            continue
+        values[section][name] = _override_value(section, name, value, text)
+    return _validated(values, source, problems)
+
+
+def _override_value(section: str, name: str, value: Any, text: str | None) -> Any:
+    """What an override sets: YAML-read values, except raw text for fields that take text.
+
+    A `key=value` string arrives as (YAML-read value, raw text): a text field keeps the raw
+    text where YAML read a number or a bool (`tracking.run_name=123`, `model.cbva=off`).
+    A dict value arrives typed; a string for a field that takes no text is read as YAML
+    (flatten()'s "[null, 2.0]" for gauss_widths).
+    """
+    takes_text = _takes_text(section, name)
+    if text is not None:
+        return text if takes_text and isinstance(value, (bool, int, float)) else value
+    if isinstance(value, str) and not takes_text:
+        try:
+            return _parse_scalar(value)
+        except yaml.YAMLError:
+            return value  # validation reports it with the field's expected type
+    return value
+
+
+def _takes_text(section: str, name: str) -> bool:
+    """Whether field `name` of `section` holds text: a str, or a choice among strings."""
+    section_class = typing.get_type_hints(ExperimentConfig)[section]
+    tp = without_none(typing.get_type_hints(section_class).get(name))
+    if typing.get_origin(tp) is Literal:
+        return all(isinstance(choice, str) for choice in typing.get_args(tp))
+    return tp is str
 
 
 def resolve_data_root(cfg: ExperimentConfig, cli_root: str | None = None) -> Path:
@@ -344,11 +295,11 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None, *,
     """Load a YAML config, apply `key=value` overrides, resolve the data root; validate.
 
     The data root and train.init_from become absolute (see resolve_data_root), so the config
-    stays valid when a worker runs in another directory. Raises ConfigError naming the file,
-    key and problem.
+    stays valid when a worker runs in another directory. Raises ConfigError naming the file
+    and, one line each, every bad key with its problem.
     """
     path = Path(path)
-    cfg = from_dict(_read_yaml(path), str(path))
+    cfg = from_dict(read_yaml(path), str(path))
     cfg = apply_overrides(cfg, overrides or [], source=f"{path} (overrides)")
     cfg.data.root = str(resolve_data_root(cfg, data_root))
     if cfg.train.init_from:

@@ -1,6 +1,8 @@
 """The MSC network: config checks, shapes, masking, scores, init, gradients, determinism."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -30,8 +32,23 @@ def test_default_config_is_the_paper_tvr_setting():
     ("input_dropout", 1.0), ("input_dropout", "0.1"),
 ])
 def test_validate_names_the_bad_field(field, value):
-    with pytest.raises(ValueError, match=field if field != "heads" else "divisible"):
+    expected = "heads: must divide hidden (384)" if field == "heads" else f"MSCConfig.{field}"
+    with pytest.raises(ValueError, match=re.escape(expected)):
         MSCConfig(**{field: value}).validate()
+
+
+def test_validate_lists_every_bad_field_one_line_each():
+    cfg = MSCConfig(sim_thr=1.5, cbva="on", tcp=1, gauss_widths=[None, 0.0], hidden=30, heads=4,
+                    input_dropout=None, dropout=0)
+    with pytest.raises(ValueError) as caught:
+        cfg.validate()
+    assert str(caught.value).splitlines() == [
+        "MSCConfig.heads: must divide hidden (30) without remainder, got 4",
+        "MSCConfig.gauss_widths[1]: must be > 0.0, got 0.0",
+        "MSCConfig.tcp: expected true or false, got 1",
+        "MSCConfig.cbva: expected 'off', 'fixed' or 'adaptive', got 'on'",
+        "MSCConfig.sim_thr: must be <= 1.0, got 1.5"]
+    assert MSCConfig(gauss_widths=[None, 2], dropout=0).validate().dropout == 0
 
 
 def test_network_rejects_an_invalid_config():

@@ -107,13 +107,17 @@ def test_flatten_round_trips_through_apply_overrides():
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "train.lr: expected float, got 'abc'"),
     ("train.epochs=2.5", "train.epochs: expected int, got 2.5"),
-    ("model.tcp=maybe", "model.tcp: expected bool, got 'maybe'"),
-    ("model.sim_thr=1.5", "model.sim_thr"),
-    ("model.cbva=sometimes", "model.cbva"),
-    ("train.batch_size=0", "train.batch_size: must be >= 1"),
-    ("train.device=tpu", "train.device"),
-    ("model.simthr=0.7", "model.simthr: unknown key"),
-    ("optim.lr=1", "optim.lr: unknown key"),
+    ("model.tcp=maybe", "model.tcp: expected true or false, got 'maybe'"),
+    ("model.tcp=1", "model.tcp: expected true or false, got 1"),
+    ("train.epochs=true", "train.epochs: expected int, got True"),
+    ("model.sim_thr=1.5", "model.sim_thr: must be <= 1.0, got 1.5"),
+    ("model.cbva=sometimes", "model.cbva: expected 'off', 'fixed' or 'adaptive', got 'sometimes'"),
+    ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+    ("train.device=tpu", "train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    ("model.simthr=0.7", "model.simthr: unknown key (known: text_dim, video_dim, hidden,"),
+    ("optim.lr=1", "optim.lr: unknown key (expected '<section>.<field>'"),
+    ("model.gauss_widths=[null, -1]", "model.gauss_widths[1]: must be > 0.0, got -1"),
+    ("model.gauss_widths=[]", "model.gauss_widths: must not be empty, got []"),
     ("train.lr", "expected 'section.key=value'"),
 ])
 def test_bad_overrides_name_the_key_and_problem(override, message):
@@ -128,11 +132,15 @@ def _write(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("train:\n  lrr: 0.1\n", "train.lrr: unknown key"),
-    ("optimizer:\n  lr: 0.1\n", "optimizer: unknown section"),
+    ("train:\n  lrr: 0.1\n", "train.lrr: unknown key (known: batch_size, epochs, lr,"),
+    ("optimizer:\n  lr: 0.1\n", "optimizer: unknown key (known: data, model, train, tracking)"),
     ("train:\n  lr: fast\n", "train.lr: expected float, got 'fast'"),
-    ("model:\n  dropout: 1.0\n", "model.dropout"),
-    ("train: [1, 2]\n", "train: expected a mapping"),
+    ("model:\n  dropout: 1.0\n", "model.dropout: must be < 1.0, got 1.0"),
+    ("train: [1, 2]\n", "train: expected a mapping, got [1, 2]"),
+    ("model:\n  tcp: 'yes'\n", "model.tcp: expected true or false, got 'yes'"),
+    ("tracking:\n  run_name: 7\n", "tracking.run_name: expected str, got 7"),
+    ("model:\n  hidden: 384\n  heads: 5\n", "model.heads: must divide hidden (384)"),
+    ("data:\n  synthetic_preset: huge\n", "data.synthetic_preset: expected 'tiny' or 'small'"),
     ("train:\n  lr: [\n", "not valid YAML"),
     ("- 1\n", "expected a mapping"),
 ])
@@ -141,6 +149,76 @@ def test_bad_files_name_the_file_key_and_problem(tmp_path, text, message):
     with pytest.raises(ConfigError, match="bad.yaml") as caught:
         load_config(path)
     assert message in str(caught.value)
+
+
+def test_every_bad_field_is_listed_one_line_each(tmp_path):
+    path = _write(tmp_path / "bad.yaml", "model:\n  sim_thr: 1.5\n  cbva: sometimes\n"
+                  "  gauss_widths: [null, 0.0]\ntrain:\n  lr: -1.0\n  epochs: 2.5\n  colour: red\n"
+                  "tracking:\n  experiment: ''\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["train.batch_size=0", "data.num_workers=-1"])
+    assert str(caught.value).splitlines() == [f"{path}: {line}" for line in (
+        "model.gauss_widths[1]: must be > 0.0, got 0.0",
+        "model.cbva: expected 'off', 'fixed' or 'adaptive', got 'sometimes'",
+        "model.sim_thr: must be <= 1.0, got 1.5",
+        "train.epochs: expected int, got 2.5",
+        "train.lr: must be > 0.0, got -1.0",
+        "train.colour: unknown key (known: batch_size, epochs, lr, weight_decay, warmup, patience, "
+        "seed, device, bf16, compile, compile_backend, log_every, num_threads, deterministic, "
+        "eval_query_chunk, eval_video_batch, progress, init_from)",
+        "tracking.experiment: must not be empty, got ''")]
+    assert [(key, problem.split(",")[0]) for key, problem in caught.value.problems][:2] == [
+        ("model.gauss_widths[1]", "must be > 0.0"), ("model.cbva", "expected 'off'")]
+    good = _write(tmp_path / "good.yaml", "train:\n  lr: 1.0e-3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(good, ["train.batch_size=0", "data.num_workers=-1", "model.tcp=2"])
+    assert str(caught.value).splitlines() == [f"{good} (overrides): {line}" for line in (
+        "data.num_workers: must be >= 0, got -1", "model.tcp: expected true or false, got 2",
+        "train.batch_size: must be >= 1, got 0")]
+
+
+@pytest.mark.parametrize("text, value", [
+    ("3e-4", 3e-4), ("1.0e-3", 1e-3), ("2E-5", 2e-5), ("+5e-1", 0.5), (".5e-2", 0.005),
+    ("1e2", 100.0), ("0.25", 0.25), ("1", 1.0),
+])
+def test_yaml_float_forms_load_as_floats(tmp_path, text, value):
+    cfg = load_config(_write(tmp_path / "c.yaml", f"train:\n  lr: {text}\n"))
+    assert cfg.train.lr == value and type(cfg.train.lr) is float
+    assert load_config(CONFIG_DIR / "tvr.yaml", [f"train.lr={text}"]).train.lr == value
+
+
+def test_lists_become_tuples_and_null_keeps_optional_fields_empty(tmp_path):
+    path = _write(tmp_path / "c.yaml", "model:\n  gauss_widths: [null, 2, 0.5]\n"
+                  "  input_dropout: null\n  dropout: 0\ntracking:\n  run_name: null\n"
+                  "data:\ntrain:\n  init_from: null\n")
+    cfg = load_config(path)
+    assert cfg.model.gauss_widths == (None, 2.0, 0.5) and type(cfg.model.gauss_widths[1]) is float
+    assert cfg.model.input_dropout is None and cfg.tracking.run_name is None
+    assert cfg.model.dropout == 0.0 and type(cfg.model.dropout) is float
+    assert dataclasses.replace(cfg.data, root="data") == ExperimentConfig().data  # `data:` empty
+    assert cfg.train.init_from is None
+
+
+def test_yaml_own_booleans_are_booleans_but_nothing_else_is(tmp_path):
+    assert load_config(_write(tmp_path / "a.yaml", "model:\n  tcp: no\n")).model.tcp is False
+    with pytest.raises(ConfigError, match="model.tcp: expected true or false, got 0"):
+        load_config(_write(tmp_path / "b.yaml", "model:\n  tcp: 0\n"))
+
+
+def test_override_text_is_coerced_by_the_field_type():
+    cfg = load_config(CONFIG_DIR / "tvr.yaml", [
+        "train.lr=1e-4", "model.tcp=false", "model.gauss_widths=[null,0.5]", "model.cbva=off",
+        "tracking.run_name=123", "train.epochs=7", "model.dropout=0", "tracking.uri=null"])
+    assert cfg.train.lr == 1e-4 and type(cfg.train.lr) is float
+    assert cfg.model.tcp is False and cfg.model.gauss_widths == (None, 0.5)
+    assert cfg.model.cbva == "off" and cfg.tracking.run_name == "123"
+    assert cfg.train.epochs == 7 and type(cfg.model.dropout) is float and cfg.tracking.uri is None
+    typed = apply_overrides(ExperimentConfig(), {"model.gauss_widths": "[null, 2.0]",
+                                                 "model.cbva": "off", "train.lr": 1})
+    assert typed.model.gauss_widths == (None, 2.0) and typed.model.cbva == "off"
+    assert type(typed.train.lr) is float
+    with pytest.raises(ConfigError, match="model.cbva: expected 'off', 'fixed' or 'adaptive', got False"):
+        apply_overrides(ExperimentConfig(), {"model.cbva": False})
 
 
 def test_missing_file_is_a_config_error(tmp_path):
