@@ -1,4 +1,4 @@
-"""Model inputs computed from raw features with the batched ops of `model.merge` (spec 1.1-1.3).
+"""Model inputs computed from raw features with `model.merge`'s batched ops (docs/model.md, Inputs).
 
 Frames: `fixed_length` per video (n varies), stacked, then L2-normalised. Clip tokens: OP-ToMe
 (or uniform groups) on the stacked *un-normalised* fixed frames, L2-normalised after merging.

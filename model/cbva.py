@@ -1,4 +1,4 @@
-"""Cross-Branch Video Alignment loss (spec 4.3 steps 3-5), batched over videos.
+"""Cross-Branch Video Alignment loss (docs/model.md, CBVA steps 3-5), batched over videos.
 
 Segments are kept at a static length of 32: after loss-side merging a video's K segments come
 first and padding segments (size 0) follow; every mean below runs over valid entries only.
@@ -99,7 +99,7 @@ def _check_inputs(frames, segments, labels, sizes, clip_feats, counts) -> None:
 
 def cbva_loss(frames: torch.Tensor, segments: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor,
               clip_feats: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CBVA of spec 4.3: merge each video's segments down to its count, then align both ways.
+    """CBVA (docs/model.md): merge each video's segments down to its count, then align both ways.
 
     `frames[B, L, D]` and `segments[B, S, D]` are the alignment-projected encoded frames and clip
     tokens, `labels[B, L]` the segment of each frame, `sizes[B, S]` the frames per segment,

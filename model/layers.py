@@ -1,4 +1,4 @@
-"""Building blocks of the MSC network (spec section 2).
+"""Building blocks of the MSC network (docs/model.md, Network).
 
 The multi-scale Gaussian block runs its branches as one batched computation: every branch's
 weights are stacked along a leading branch dimension K and applied with batched matmuls. Layers
@@ -22,7 +22,7 @@ LAYER_NORM_EPS = 1e-5
 
 
 def gaussian_prior(length: int, width: float | None) -> torch.Tensor:
-    """Gaussian attention prior [length, length] of spec section 2; all ones when width is None.
+    """Gaussian attention prior [length, length] (docs/model.md); all ones when width is None.
 
     Row i is exp(-(p_j - c_i)^2 / (2 sigma^2)) / (sigma sqrt(2 pi)) over positions
     p = linspace(0, 1, length), centre c_i = i / length, sigma = max(width, 0.01) / 9, divided
@@ -263,7 +263,7 @@ class CrossAttentionLayer(nn.Module):
 
 
 class GaussianMixtureBlock(nn.Module):
-    """Multi-scale Gaussian (GMM) block over a fixed length L (spec section 2).
+    """Multi-scale Gaussian (GMM) block over a fixed length L (docs/model.md, GMM block).
 
     The branches (one per width) run batched in a MultiBranchAttentionLayer; a learned token,
     passed in by the caller so that several blocks can share it, cross-attends to each branch

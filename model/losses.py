@@ -1,4 +1,4 @@
-"""MSC losses (spec section 4): base (video NCE + triplet), TCP (RKD), CBVA, and their sum.
+"""MSC losses (docs/model.md, Losses): base (video NCE + triplet), TCP (RKD), CBVA, and their sum.
 
 Every function works on whole-batch tensors, reads nothing back to the host and returns 0-d
 tensors. Random triplet negatives come from torch's global RNG, so a seed fixes them.
@@ -33,7 +33,7 @@ def _positive_mask(labels: torch.Tensor, videos: int) -> torch.Tensor:
 
 
 def video_nce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Video-level NCE of spec 4.1 on unnormalised scores [Q, B]: t2v + v2t.
+    """Video-level NCE (docs/model.md, Base loss) on unnormalised scores [Q, B]: t2v + v2t.
 
     t2v averages over queries; v2t averages over the videos that have at least one query.
     Raises ValueError for mismatched shapes.
@@ -86,7 +86,7 @@ def sample_v2t_negatives(cos: torch.Tensor, labels: torch.Tensor, hard: bool) ->
 
 def triplet_from_negatives(cos: torch.Tensor, labels: torch.Tensor, t2v_negatives: torch.Tensor,
                            v2t_negatives: torch.Tensor, margin: float) -> torch.Tensor:
-    """Triplet loss of spec 4.1 for given negatives: mean_q hinge + mean_v hinge.
+    """Triplet loss (docs/model.md, Base loss) for given negatives: mean_q hinge + mean_v hinge.
 
     t2v positive C[q, label q]; v2t positive = mean of C[q, v] over v's queries (videos
     without queries are left out of the v2t mean).
@@ -104,7 +104,7 @@ def triplet_from_negatives(cos: torch.Tensor, labels: torch.Tensor, t2v_negative
 
 def triplet_loss(cos: torch.Tensor, labels: torch.Tensor, margin: float, hard: bool,
                  hard_pool: int) -> torch.Tensor:
-    """Triplet loss of spec 4.1 on cosine scores [Q, B] with sampled negatives (t2v + v2t).
+    """Triplet loss (docs/model.md, Base loss) on cosines [Q, B], sampled negatives (t2v + v2t).
 
     With fewer than 2 videos no negative exists and the loss is 0. Raises ValueError for
     mismatched shapes or hard_pool < 1.
@@ -141,7 +141,7 @@ def _normalised_distances(x: torch.Tensor) -> torch.Tensor:
 
 
 def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """RKD distance loss of spec 4.2: smooth-L1 (beta 1) between normalised distance matrices,
+    """RKD distance loss (docs/model.md, TCP): smooth-L1 (beta 1) between normalised distances,
     mean over Q^2 entries; no gradient to the teacher. Raises ValueError for mismatched shapes."""
     _check_pair("rkd_distance", student, teacher)
     with torch.no_grad():
@@ -171,7 +171,7 @@ def _triplet_angles(x: torch.Tensor) -> torch.Tensor:
 
 
 def rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """RKD angle loss of spec 4.2: smooth-L1 (beta 1) between triple angle cosines, mean over
+    """RKD angle loss (docs/model.md, TCP): smooth-L1 (beta 1) between triple angle cosines, mean of
     Q^3 entries; no gradient to the teacher. Raises ValueError for mismatched shapes."""
     _check_pair("rkd_angle", student, teacher)
     with torch.no_grad():
@@ -230,7 +230,7 @@ def _cbva_terms(cfg: MSCConfig, out: dict, batch: dict, model) -> dict:
 
 def msc_loss(cfg: MSCConfig, out: dict, batch: dict, model,
              hard_negatives: bool) -> tuple[torch.Tensor, dict]:
-    """Total MSC loss = base + TCP + CBVA (spec 4) and its terms.
+    """Total MSC loss = base + TCP + CBVA (docs/model.md, Losses) and its terms.
 
     `out` is MSC.forward(batch); `model` gives the alignment projection. Terms (0-d tensors):
     nce_clip, nce_frame (weighted), triplet_clip, triplet_frame, rkd_distance, rkd_angle (raw),

@@ -1,4 +1,4 @@
-"""Token merging ops of MSC (spec sections 1.1, 1.3, 4.3), batched and compile-friendly.
+"""Token merging ops of MSC (docs/model.md: Inputs, CBVA), batched and compile-friendly.
 
 Every op here works on a whole batch with tensor operations only: no Python loop over videos,
 tokens or pairs, no host reads, no data-dependent Python branching. The only Python loops run
@@ -22,7 +22,7 @@ OPTOME_TARGETS = (80, 52, 32)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Return `x / (||x|| + eps)` along the last dimension (the spec's normalisation)."""
+    """Return `x / (||x|| + eps)` along the last dimension (docs/model.md, Inputs)."""
     return x / (x.norm(dim=-1, keepdim=True) + eps)
 
 
@@ -44,7 +44,7 @@ def _require(condition: bool, message: str) -> None:
 
 
 def fixed_length(frames: torch.Tensor, length: int = 128) -> torch.Tensor:
-    """Resample `frames[n, D]` to `[length, D]` by averaging between rounded boundaries (spec 1.1).
+    """Resample `frames[n, D]` to `[length, D]` (docs/model.md, Fixed length).
 
     Boundaries are `b_i = round(i * n / length)` clamped to `n - 1`; row i is the mean of
     `frames[b_i:b_{i+1}]` when that range is non-empty, else `frames[b_i]`.
@@ -108,7 +108,7 @@ def _pair_merge_level(x: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor
 
 
 def order_preserving_merge(x: torch.Tensor, targets: tuple[int, ...] = OPTOME_TARGETS):
-    """Order-preserving token merging of spec 1.3 on un-normalised fixed frames.
+    """Order-preserving token merging (docs/model.md, OP-ToMe) on un-normalised fixed frames.
 
     `x[B, N, D]` -> `(tokens[B, targets[-1], D], sizes[B, targets[-1]], labels[B, N])`,
     tokens un-normalised, sizes summing to N, labels non-decreasing. Raises ValueError for a
@@ -274,7 +274,7 @@ def _check_bipartite_inputs(x, metric, sizes, labels, target, max_merges) -> Non
 
 def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, labels: torch.Tensor,
                     target, max_merges: int | None = None):
-    """One loss-side merging level of spec 4.3 step 3 on every video of the batch.
+    """One loss-side merging level (docs/model.md, CBVA step 3) on every video of the batch.
 
     A = even, B = odd positions among each video's valid tokens (sizes > 0, stored first; padding
     after them). A-B edges are taken greedily, one-to-one, in decreasing cosine similarity of
@@ -300,7 +300,7 @@ def bipartite_merge(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, 
 
 
 def closure_ratio(feats: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Diversity ratio omega of spec 4.3 step 1 for every video: `feats[B, N, D]` -> [B].
+    """Diversity ratio omega (docs/model.md, CBVA step 1) for every video: `feats[B, N, D]` -> [B].
 
     Graph: edge where cos(f_i, f_j) > threshold, self loops included; its transitive closure by
     ceil(log2(N - 1)) boolean matrix squarings; omega = fraction of the N(N-1) ordered
@@ -322,7 +322,7 @@ def closure_ratio(feats: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 def segment_count(ratio: torch.Tensor) -> torch.Tensor:
-    """Adaptive segment count of spec 4.3 step 2: omega [B] -> long [B] in {5, 8, 12, 20, 32}."""
+    """Adaptive segment count (docs/model.md, CBVA): omega [B] -> long [B] in {5, 8, 12, 20, 32}."""
     counts = torch.full_like(ratio, SEGMENT_COUNTS[-1], dtype=torch.long)  # [B]
     for bound, count in reversed(RATIO_STEPS):
         counts = torch.where(ratio >= bound, torch.full_like(counts, count), counts)

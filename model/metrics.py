@@ -1,4 +1,4 @@
-"""Retrieval metrics and semantic-collapse diagnostics (spec section 6)."""
+"""Retrieval metrics and semantic-collapse diagnostics (docs/model.md, Metrics)."""
 from __future__ import annotations
 
 import torch
@@ -46,7 +46,7 @@ def recall_at_k(scores: torch.Tensor, gt: torch.Tensor, ks=DEFAULT_KS) -> dict[s
 
 
 def diff_norm(feats: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Diff.Norm = (intra - total) / (intra + total) of spec 6, a 0-d float tensor.
+    """Diff.Norm = (intra - total) / (intra + total) (docs/model.md, Metrics), a 0-d float tensor.
 
     intra = mean cosine over ordered off-diagonal pairs in the same group, total = over all
     ordered off-diagonal pairs. Computed in O(N * D) from per-group sums of unit vectors.

@@ -1,4 +1,4 @@
-"""The MSC network (spec section 2): query, clip and frame encoders, scores, alignment head."""
+"""The MSC network (docs/model.md): query, clip and frame encoders, scores, alignment head."""
 from __future__ import annotations
 
 import torch

@@ -35,7 +35,7 @@ ROW_LABELS = {
     "d_optome": "(d) + OP-ToMe clips",
     "e_adaptive": "(e) + adaptive CBVA (MSC)",
 }
-PAPER_SUMR_QVHIGHLIGHTS = {  # spec §8, paper Tab. 1
+PAPER_SUMR_QVHIGHLIGHTS = {  # paper Tab. 1 (docs/model.md, Ablation rows)
     "a_baseline": 225.5,
     "b_tcp": 230.6,
     "c_cbva_uniform": 231.0,

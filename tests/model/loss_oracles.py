@@ -1,4 +1,4 @@
-"""Plain loop versions of the model's losses, metrics, prior and optimiser, written from the spec.
+"""Plain loop versions of the model's losses, metrics, prior and optimiser, from docs/model.md.
 
 They are slow and obvious on purpose: the test oracles of the batched implementations.
 """
@@ -10,7 +10,7 @@ import torch
 
 
 def gaussian_prior_loop(length: int, width: float | None) -> torch.Tensor:
-    """Spec 2: g_ij = exp(-(p_j - c_i)^2 / (2 s^2)) / (s sqrt(2 pi)), rows divided by their max."""
+    """Gaussian prior: g_ij = exp(-(p_j - c_i)^2 / (2 s^2)) / (s sqrt(2 pi)), rows / their max."""
     if width is None:
         return torch.ones(length, length, dtype=torch.float64)
     sigma = max(width, 0.01) / 9
@@ -32,7 +32,7 @@ def _logsumexp(values: list[float]) -> float:
 
 
 def video_nce_loop(scores: torch.Tensor, labels: list[int]) -> float:
-    """Spec 4.1 video-level NCE: t2v + v2t, looping over queries and videos."""
+    """Base loss, video-level NCE: t2v + v2t, looping over queries and videos."""
     queries, videos = scores.shape
     s = scores.double().tolist()
     t2v = sum(_logsumexp(s[q]) - s[q][labels[q]] for q in range(queries)) / queries
@@ -46,7 +46,7 @@ def video_nce_loop(scores: torch.Tensor, labels: list[int]) -> float:
 
 def triplet_loop(cos: torch.Tensor, labels: list[int], t2v_negatives: list[int],
                  v2t_negatives: list[int], margin: float) -> float:
-    """Spec 4.1 triplet loss for given negatives (video per query, query per video)."""
+    """Base loss, triplet for given negatives (video per query, query per video)."""
     queries, videos = cos.shape
     c = cos.double().tolist()
     t2v = sum(max(0.0, margin + c[q][t2v_negatives[q]] - c[q][labels[q]])
@@ -79,7 +79,7 @@ def _distance_matrix(x: list[list[float]]) -> list[list[float]]:
 
 
 def rkd_distance_loop(student: torch.Tensor, teacher: torch.Tensor) -> float:
-    """Spec 4.2 RKD distance: smooth-L1 between normalised distance matrices, mean over Q^2."""
+    """TCP, RKD distance: smooth-L1 between normalised distance matrices, mean over Q^2."""
     s = _distance_matrix(student.double().tolist())
     t = _distance_matrix(teacher.double().tolist())
     n = len(s)
@@ -98,7 +98,7 @@ def _angle(x: list[list[float]], a: int, b: int, c: int) -> float:
 
 
 def rkd_angle_loop(student: torch.Tensor, teacher: torch.Tensor) -> float:
-    """Spec 4.2 RKD angle: smooth-L1 between triple angle cosines, mean over Q^3."""
+    """TCP, RKD angle: smooth-L1 between triple angle cosines, mean over Q^3."""
     s, t = student.double().tolist(), teacher.double().tolist()
     n = len(s)
     total = 0.0
@@ -126,7 +126,7 @@ def _cos(a: list[float], b: list[float]) -> float:
 
 
 def diff_norm_loop(feats: torch.Tensor, groups: list[int]) -> float:
-    """Spec 6 Diff.Norm from all ordered off-diagonal pairs, looping."""
+    """Metrics: Diff.Norm from all ordered off-diagonal pairs, looping."""
     x = feats.double().tolist()
     intra, total = [], []
     for i in range(len(x)):
@@ -143,7 +143,7 @@ def diff_norm_loop(feats: torch.Tensor, groups: list[int]) -> float:
 def bert_adam_loop(params: list[torch.Tensor], grads_per_step: list[list[torch.Tensor]],
                    lrs: list[float], decay: list[bool], weight_decay: float,
                    betas=(0.9, 0.999), eps=1e-6, max_grad_norm=1.0) -> list[torch.Tensor]:
-    """Spec 5 update rule, element by element: per-tensor clipping, no bias correction,
+    """Optimiser update rule, element by element: per-tensor clipping, no bias correction,
     decoupled decay lr * wd * p on decayed tensors only."""
     values = [p.double().flatten().tolist() for p in params]
     means = [[0.0] * len(v) for v in values]

@@ -1,7 +1,7 @@
-"""Plain loop versions of the fast ops, written from the spec; used only as test oracles.
+"""Plain loop versions of the fast ops, written from docs/model.md; used only as test oracles.
 
 Everything here works one video, one token, one pair at a time with Python lists and loops, so
-that each step reads like the spec. Padded batches (valid tokens first, sizes 0 after) are
+that each step reads like that page. Padded batches (valid tokens first, sizes 0 after) are
 handled by the `*_batch` wrappers, which loop over videos.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ LOSS_LEVELS = (20, 12, 8, 5)
 
 
 def fixed_length(frames: torch.Tensor, length: int = 128) -> torch.Tensor:
-    """Spec 1.1, row by row."""
+    """Fixed length, row by row."""
     n = frames.shape[0]
     bounds = [min(round(i * n / length), n - 1) for i in range(length + 1)]
     rows = []
@@ -37,7 +37,7 @@ def _merge_two(value_a, size_a, value_b, size_b):
 
 
 def order_preserving_level(tokens: list, sizes: list, labels: list, target: int):
-    """One OP-ToMe level (spec 1.3) on Python lists; ties go to the lower pair index."""
+    """One OP-ToMe level on Python lists; ties go to the lower pair index."""
     pairs = len(tokens) // 2
     scores = [float(torch.dot(tokens[2 * p], tokens[2 * p + 1])) for p in range(pairs)]
     by_score = sorted(range(pairs), key=lambda p: -scores[p])
@@ -58,7 +58,7 @@ def order_preserving_level(tokens: list, sizes: list, labels: list, target: int)
 
 
 def order_preserving_merge(x: torch.Tensor, targets=(80, 52, 32)):
-    """Spec 1.3 for one video `x[N, D]` -> (tokens[T, D], sizes[T], labels[N])."""
+    """OP-ToMe for one video `x[N, D]` -> (tokens[T, D], sizes[T], labels[N])."""
     tokens = list(x)
     sizes = [1.0] * len(tokens)
     labels = list(range(len(tokens)))
@@ -72,7 +72,7 @@ def cosine(u: torch.Tensor, v: torch.Tensor) -> float:
 
 
 def greedy_pairs(metric: list, quota: int) -> list:
-    """Sequential greedy one-to-one A-B matching (spec 4.3 step 3), at most `quota` pairs.
+    """Sequential greedy one-to-one A-B matching (CBVA step 3), at most `quota` pairs.
 
     A = even, B = odd positions; edges visited by decreasing cosine, ties by lower A then lower
     B position. Returns [(a, b), ...] in the order taken.
@@ -154,7 +154,7 @@ def closure_ratio(feats: torch.Tensor, threshold: float) -> float:
 
 
 def segment_count(ratio: float) -> int:
-    """Spec 4.3 step 2."""
+    """CBVA step 2: segment count."""
     if ratio >= 0.8:
         return 5
     if ratio >= 0.6:
@@ -178,7 +178,7 @@ def merge_video(segments: list, clip_feats: list, sizes: list, labels: list, cou
 
 
 def frame_to_segment(frames: torch.Tensor, segments: torch.Tensor, labels: list) -> torch.Tensor:
-    """Spec 4.3 step 4, frame->segment, one frame at a time."""
+    """CBVA step 4, frame->segment, one frame at a time."""
     total = 0.0
     detached = segments.detach()
     for f, label in enumerate(labels):
@@ -193,7 +193,7 @@ def frame_to_segment(frames: torch.Tensor, segments: torch.Tensor, labels: list)
 
 
 def segment_to_frame(frames: torch.Tensor, segments: torch.Tensor, labels: list) -> torch.Tensor:
-    """Spec 4.3 step 4, segment->frame, one segment at a time."""
+    """CBVA step 4, segment->frame, one segment at a time."""
     total = 0.0
     detached = frames.detach()
     for k in range(segments.shape[0]):
@@ -208,7 +208,7 @@ def segment_to_frame(frames: torch.Tensor, segments: torch.Tensor, labels: list)
 
 
 def cbva_loss(frames, segments, labels, sizes, clip_feats, counts):
-    """Spec 4.3 steps 3-5 one video at a time -> (batch mean loss, mean segment count)."""
+    """CBVA steps 3-5 one video at a time -> (batch mean loss, mean segment count)."""
     losses, kept = [], []
     for video in range(frames.shape[0]):
         merged, _, marks = merge_video(list(segments[video]), list(clip_feats[video].detach()),

@@ -1,4 +1,4 @@
-"""An independent, plain MSC network written from the method description (spec section 2).
+"""An independent, plain MSC network written from the method description (docs/model.md, Network).
 
 One module per tensor of the authors' released network, each branch its own module, named so
 that `state_dict()` keys are the released parameter names (`clip_encoder.attn3.self.query.weight`,
@@ -112,7 +112,7 @@ class AttentionLayer(nn.Module):
 
 
 class GaussianBlock(nn.Module):
-    """8 attention layers with Gaussian priors, fused per token by a learned token (spec 2)."""
+    """8 attention layers with Gaussian priors, fused per token by a learned token (GMM block)."""
 
     def __init__(self, hidden: int, heads: int, dropout: float, length: int, sft_factor: float):
         super().__init__()

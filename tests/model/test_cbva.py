@@ -14,7 +14,7 @@ ALL_COUNTS = (5, 8, 12, 20, 32)
 
 
 def _clip_side(gen: torch.Generator, batch: int, dim: int = 12):
-    """OP-ToMe clip features, sizes and labels of random videos (spec 1.3)."""
+    """OP-ToMe clip features, sizes and labels of random videos (docs/model.md, OP-ToMe)."""
     tokens, sizes, labels = merge.order_preserving_merge(
         torch.randn(batch, 128, dim, generator=gen, dtype=torch.float64))
     return merge.l2_normalize(tokens), sizes, labels

@@ -1,4 +1,4 @@
-"""Losses against loop oracles written from the spec, and msc_loss's switches."""
+"""Losses against loop oracles written from docs/model.md, and msc_loss's switches."""
 from __future__ import annotations
 
 import itertools

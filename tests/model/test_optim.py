@@ -114,7 +114,7 @@ def _schedule_factor(step: int) -> float:
 
 
 def _per_tensor_bert_adam(tensors: dict, grads_per_step: list[dict]) -> dict:
-    """Spec 5 on every released tensor on its own, in float64: clip, moments, decay, schedule."""
+    """docs/model.md's optimiser per released tensor, float64: clip, moments, decay, schedule."""
     values = {name: t.double().clone() for name, t in tensors.items()}
     means = {name: torch.zeros_like(v) for name, v in values.items()}
     squares = {name: torch.zeros_like(v) for name, v in values.items()}

@@ -1,5 +1,5 @@
 """Build small, real MLflow stores for the table/plot tests: a sweep parent and its trial runs,
-logged through the MLflow client exactly as the MLflow record in docs/architecture.md says."""
+logged through the MLflow client exactly as the MLflow record in docs/training.md says."""
 from __future__ import annotations
 
 import atexit

@@ -18,7 +18,7 @@ from tests.platform.mlflow_runs import log_trial, new_store, start_parent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ABLATIONS = REPO_ROOT / "experiments" / "ablations"
-PAPER_ROWS = {  # spec §8 in config terms: (tcp, cbva, clip_tokens)
+PAPER_ROWS = {  # docs/model.md, Ablation rows, in config terms: (tcp, cbva, clip_tokens)
     "a_baseline": (False, "off", "uniform"),
     "b_tcp": (True, "off", "uniform"),
     "c_cbva_uniform": (True, "fixed", "uniform"),
