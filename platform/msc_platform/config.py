@@ -204,7 +204,7 @@ def from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
 
 def _validated(values: dict[str, Any], source: str,
                problems: list[tuple[str, str]] | None = None) -> ExperimentConfig:
-    """`values` as an ExperimentConfig; raises ConfigError listing `problems` and every bad field."""
+    """`values` as an ExperimentConfig; raises ConfigError listing `problems` and each bad field."""
     problems = list(problems or [])
     try:
         cfg = validate_as(ExperimentConfig, values)

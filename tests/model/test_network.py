@@ -153,7 +153,8 @@ def test_the_same_seed_gives_the_same_loss_and_gradients():
     first_total, _, first = _loss_and_grads(cfg, batch, seed=11)
     second_total, _, second = _loss_and_grads(cfg, batch, seed=11)
     assert torch.equal(first_total, second_total)
-    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
+    for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters(),
+                                 strict=True):
         assert torch.equal(a.grad, b.grad), name
     third_total, _, _ = _loss_and_grads(cfg, batch, seed=12)
     assert not torch.equal(first_total, third_total)

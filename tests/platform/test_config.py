@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 
 from model.network import MSC
-from msc_platform.config import (DATA_ROOT_ENV, ConfigError, ExperimentConfig, apply_overrides,
-                                 flatten, load_config, resolve_data_root, to_yaml)
+from msc_platform.config import (
+    DATA_ROOT_ENV,
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    flatten,
+    load_config,
+    resolve_data_root,
+    to_yaml,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -217,7 +225,8 @@ def test_override_text_is_coerced_by_the_field_type():
                                                  "model.cbva": "off", "train.lr": 1})
     assert typed.model.gauss_widths == (None, 2.0) and typed.model.cbva == "off"
     assert type(typed.train.lr) is float
-    with pytest.raises(ConfigError, match="model.cbva: expected 'off', 'fixed' or 'adaptive', got False"):
+    with pytest.raises(ConfigError, match="model.cbva: expected 'off', 'fixed' or 'adaptive', "
+                                          "got False"):
         apply_overrides(ExperimentConfig(), {"model.cbva": False})
 
 
