@@ -1,4 +1,4 @@
-"""BERT-style Adam and its warm-up / linear-decay schedule (spec section 5).
+"""BERT-style Adam and its warm-up / linear-decay schedule (docs/model.md, Optimiser).
 
 Clipping and weight decay follow the authors' released optimiser tensor by tensor: a stored
 parameter that holds several released tensors (stacked branches, fused projections; see

@@ -1,4 +1,4 @@
-"""Feature cache: contents per the spec, reuse, invalidation, atomic builds."""
+"""Feature cache: contents (docs/data.md), reuse, invalidation, atomic builds."""
 from __future__ import annotations
 
 import os

@@ -20,7 +20,7 @@ from msc_platform.config import (
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
-PAPER = {  # spec section 7: lr, dropout, margin, sft_factor, nce_clip, nce_frame, sim_thr
+PAPER = {  # docs/model.md, Paper settings: lr, dropout, margin, sft_factor, nce weights, sim_thr
     "tvr": (3e-4, 0.2, 0.1, 0.09, 0.05, 0.04, 0.8),
     "activitynet": (2.5e-4, 0.31, 0.2, 0.6, 0.02, 0.04, 0.8),
     "charades": (2e-4, 0.25, 0.2, 0.6, 0.02, 0.04, 0.85),
