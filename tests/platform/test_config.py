@@ -45,9 +45,9 @@ RELEASED_DATASET_FILES = {  # the released code's Configs/{tvr,act,cha,qvhighlig
 RELEASED_SHARED = (128, 100, 10, 0.01, 0.01, 9527, 20, 20, 0.4, 0.6)
 
 
-def test_the_paper_configs_their_released_siblings_and_synthetic_ship():
+def test_the_paper_configs_their_base_their_released_siblings_and_synthetic_ship():
     released = {f"{name}_released" for name in PAPER}
-    assert {p.stem for p in SHIPPED} == set(PAPER) | released | {"synthetic"}
+    assert {p.stem for p in SHIPPED} == set(PAPER) | released | {"synthetic", "paper_base"}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
