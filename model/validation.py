@@ -110,12 +110,27 @@ def _problem(item: dict[str, Any], cls: type) -> str:
 
 
 def known_keys(cls: type, loc: tuple = ()) -> list[str]:
-    """The field names of the dataclass found by following `loc` down from `cls` ([] if none)."""
+    """The field names of the dataclass found by following `loc` down from `cls` ([] if none).
+
+    `loc` steps through dataclass fields, mapping values and list items.
+    """
+    tp: Any = cls
     for part in loc:
-        if not dataclasses.is_dataclass(cls) or not isinstance(part, str):
-            return []
-        cls = without_none(typing.get_type_hints(cls).get(part))
-    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        tp = _inner_type(without_none(tp), part)
+    tp = without_none(tp)
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+def _inner_type(tp: Any, part: str | int) -> Any:
+    """The type of `part` (a field, a mapping key, a list index) inside a value of type `tp`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(part, str):
+        return typing.get_type_hints(tp).get(part)
+    if origin is dict and args:
+        return args[1]
+    if origin in (list, tuple) and args and isinstance(part, int):
+        return args[0]
+    return None
 
 
 def without_none(tp: Any) -> Any:

@@ -2,35 +2,93 @@
 
 A spec names a base training config (relative to the spec file), dotted overrides for it, and
 either a search `space` (Optuna TPE + ASHA) or a grid of `rows` x `seeds` (Tune's own grid, no
-searcher, no early stopping). Everything is checked when the spec is loaded: unknown keys,
-wrong types, and every value a trial could draw (range ends, each choice, each row) applied to
-the base config, so a bad spec fails before Ray starts. Errors are `SweepSpecError` naming the
-file, the key and the problem.
+searcher, no early stopping). Like a config, a spec may name a `base:` spec (relative to itself)
+whose keys it extends. Everything is checked when the spec is loaded: the keys of `SpecFile`
+through pydantic (types, ranges, choices, unknown keys, `metric` one of SWEEP_METRICS), then every
+value a trial could draw (range ends, each choice, each row) applied to the base config, so a bad
+spec fails before Ray starts. Errors are `SweepSpecError`, one line per bad key naming the file,
+the key and the problem.
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import AfterValidator, Field, model_validator
 
-from msc_platform.config import (SECTIONS, ConfigError, ExperimentConfig, apply_overrides, load_config,
-                                 parse_overrides)
+from model.validation import (
+    FIELD_RULES,
+    Bool,
+    Float,
+    Int,
+    InvalidFields,
+    NonEmptyText,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Text,
+    validate_as,
+)
+from msc_platform.config import (
+    SECTIONS,
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    load_config,
+    parse_overrides,
+    read_yaml,
+)
 
+# The metrics a trial reports to Tune each epoch that its MLflow run also records as best/<name>
+# (the sweep's best trial is read from there).
+SweepMetric = Literal["SumR", "R1", "R5", "R10", "R100"]
+SWEEP_METRICS = typing.get_args(SweepMetric)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
-SCHEDULERS = ("asha", "none")
-SPEC_KEYS = ("name", "base_config", "overrides", "metric", "mode", "num_samples",
-             "max_concurrent_trials", "seed", "resources", "max_failures", "storage_path",
-             "scheduler", "space", "rows", "seeds", "experiment", "description", "reuse_actors")
 ROW_KEY = "row"
 SEED_KEY = "train.seed"
 
 
 class SweepSpecError(ValueError):
-    """A sweep spec is invalid; the message names the file, the key and the problem."""
+    """A sweep spec is invalid; one line per problem names the file, the key and the problem."""
+
+
+def _low_below_high(bounds: list[float]) -> list[float]:
+    if not bounds[0] < bounds[1]:
+        raise ValueError("low must be < high")
+    return bounds
+
+
+def _positive_low(bounds: list[float]) -> list[float]:
+    if bounds[0] <= 0:
+        raise ValueError("low must be > 0")
+    return bounds
+
+
+def _whole_or_fraction(gpus: float) -> float:
+    if gpus > 1 and gpus != int(gpus):
+        raise ValueError("a fraction must be <= 1 (or a whole number)")
+    return gpus
+
+
+def _plain_name(name: str) -> str:
+    if not name or any(c in name for c in "/\\ "):
+        raise ValueError("expected a name without spaces or slashes")
+    return name
+
+
+def _unique(seeds: list[int]) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("duplicate seeds")
+    return seeds
+
+
+Bounds = Annotated[list[Float], Field(min_length=2, max_length=2), AfterValidator(_low_below_high)]
+IntBounds = Annotated[list[Int], Field(min_length=2, max_length=2), AfterValidator(_low_below_high)]
+Seeds = Annotated[list[NonNegativeInt], Field(min_length=1), AfterValidator(_unique)]
 
 
 @dataclass
@@ -46,12 +104,77 @@ class Distribution:
 
 
 @dataclass
+class DistributionSpec:
+    """One entry of `space:` as written: exactly one of `{uniform: [low, high]}`,
+    `{loguniform: [low, high]}` (low > 0), `{randint: [low, high]}` or `{choice: [...]}`."""
+
+    __pydantic_config__ = FIELD_RULES
+
+    uniform: Bounds | None = None
+    loguniform: Annotated[Bounds, AfterValidator(_positive_low)] | None = None
+    randint: IntBounds | None = None
+    choice: Annotated[list[Any], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DistributionSpec:
+        if len(self._given()) != 1:
+            raise ValueError(f"expected one of {{{', '.join(DISTRIBUTIONS)}}}: [...]")
+        return self
+
+    def _given(self) -> list[Distribution]:
+        return [Distribution(kind, getattr(self, kind)) for kind in DISTRIBUTIONS
+                if getattr(self, kind) is not None]
+
+    def distribution(self) -> Distribution:
+        """The one distribution given."""
+        return self._given()[0]
+
+
+@dataclass
 class SchedulerSpec:
     """ASHA settings on the per-epoch metric; `type: none` switches early stopping off."""
 
-    type: str = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 2.0
+    __pydantic_config__ = FIELD_RULES
+
+    type: Literal["asha", "none"] = "asha"
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[Float, Field(gt=1)] = 2.0
+
+
+@dataclass
+class ResourceSpec:
+    """`resources:` of each trial: CPUs and GPUs (a fraction <= 1 shares a GPU)."""
+
+    __pydantic_config__ = FIELD_RULES
+
+    cpu: PositiveFloat = 1.0
+    gpu: Annotated[NonNegativeFloat, AfterValidator(_whole_or_fraction)] = 0.0
+
+
+@dataclass
+class SpecFile:
+    """The keys of a sweep-spec file as written, with their defaults; see load_sweep_spec."""
+
+    __pydantic_config__ = FIELD_RULES
+
+    base_config: NonEmptyText  # the training config, relative to the spec that names it
+    name: Annotated[Text, AfterValidator(_plain_name)] | None = None  # None: the file's stem
+    description: Text | None = None
+    experiment: NonEmptyText | None = None  # MLflow experiment; None: the base config's
+    overrides: dict[Text, Any] | None = None  # dotted training-config keys
+    metric: SweepMetric = "SumR"
+    mode: Literal["max", "min"] = "max"
+    num_samples: PositiveInt | None = None  # search mode; None: 8
+    max_concurrent_trials: PositiveInt = 2
+    seed: NonNegativeInt = 0
+    resources: ResourceSpec | None = None
+    max_failures: NonNegativeInt = 2
+    reuse_actors: Bool = True  # run the next trial in a finished trial's worker (no new process)
+    storage_path: NonEmptyText | None = None
+    scheduler: SchedulerSpec | None = None  # search mode; None: ASHA with its defaults
+    space: Annotated[dict[Text, DistributionSpec], Field(min_length=1)] | None = None
+    rows: Annotated[dict[Text, dict[Text, Any] | None], Field(min_length=1)] | None = None
+    seeds: Seeds | None = None  # grid mode
 
 
 @dataclass
@@ -63,21 +186,21 @@ class SweepSpec:
     base_config: Path
     base: ExperimentConfig
     overrides: dict[str, Any]
-    metric: str = "SumR"
-    mode: str = "max"
-    num_samples: int = 8
-    max_concurrent_trials: int = 2
-    seed: int = 0
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_failures: int = 2
-    reuse_actors: bool = True  # run the next trial in a finished trial's worker (no new process)
-    storage_path: str | None = None
-    experiment: str | None = None
-    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    space: dict[str, Distribution] = field(default_factory=dict)
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seeds: list[int] = field(default_factory=list)
+    metric: str
+    mode: str
+    num_samples: int
+    max_concurrent_trials: int
+    seed: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_failures: int
+    reuse_actors: bool  # run the next trial in a finished trial's worker (no new process)
+    storage_path: str | None
+    experiment: str | None
+    scheduler: SchedulerSpec
+    space: dict[str, Distribution]
+    rows: dict[str, dict[str, Any]]
+    seeds: list[int]
 
     @property
     def is_grid(self) -> bool:
@@ -95,20 +218,9 @@ class SweepSpec:
         return self.experiment or self.base.tracking.experiment
 
 
-def _fail(path: Path, key: str, problem: str) -> SweepSpecError:
-    return SweepSpecError(f"{path}: {key}: {problem}")
-
-
-def _read_mapping(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise SweepSpecError(f"{path}: cannot read sweep spec: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        raise SweepSpecError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise SweepSpecError(f"{path}: expected a mapping of sweep settings, got {type(data).__name__}")
-    return data
+def _failure(path: Path, problems: list[tuple[str, str]]) -> SweepSpecError:
+    """One line `{path}: {key}: {problem}` per problem, each listed once."""
+    return SweepSpecError(str(InvalidFields(dict.fromkeys(problems), prefix=f"{path}: ")))
 
 
 def split_overrides(overrides: list[str], path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -141,220 +253,120 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     _set_dotted(child, rest, value)
 
 
-def _as_int(value: Any, path: Path, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, key, f"expected an integer, got {value!r}")
-    if value < minimum:
-        raise _fail(path, key, f"must be >= {minimum}, got {value}")
-    return value
+def _under(prefix: str, err: ConfigError) -> list[tuple[str, str]]:
+    """A config error's problems as spec problems, their keys under `prefix`."""
+    if not err.problems:
+        return [(prefix, str(err))]
+    return [(f"{prefix}.{key}", problem) for key, problem in err.problems]
 
 
-def _as_number(value: Any, path: Path, key: str, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(path, key, f"expected a finite number, got {value!r}")
-    if value < minimum:
-        raise _fail(path, key, f"must be >= {minimum}, got {value}")
-    return float(value)
+def _load_base(base_config: Path, overrides: dict[str, Any]
+               ) -> tuple[ExperimentConfig | None, list[tuple[str, str]]]:
+    """(the base training config with the overrides, problems); None when it cannot be built."""
+    if not base_config.is_file():
+        return None, [("base_config", f"file {base_config} does not exist "
+                                      "(paths are relative to the spec that names them)")]
+    try:
+        cfg = load_config(base_config)
+    except ConfigError as err:
+        return None, [("base_config", line) for line in str(err).splitlines()]
+    try:
+        cfg = apply_overrides(cfg, overrides)
+    except ConfigError as err:
+        return None, _under("overrides", err)
+    if not cfg.tracking.enabled:
+        return cfg, [("overrides.tracking.enabled", "sweeps need MLflow tracking switched on")]
+    return cfg, []
 
 
-def _parse_distribution(raw: Any, path: Path, key: str) -> Distribution:
-    """`{uniform: [lo, hi]}`, `{loguniform: [lo, hi]}`, `{randint: [lo, hi]}` or `{choice: [...]}`."""
-    if not isinstance(raw, dict) or len(raw) != 1:
-        raise _fail(path, key, f"expected one of {{{', '.join(DISTRIBUTIONS)}}}: [...], got {raw!r}")
-    kind, args = next(iter(raw.items()))
-    if kind not in DISTRIBUTIONS:
-        raise _fail(path, key, f"unknown distribution {kind!r} (known: {list(DISTRIBUTIONS)})")
-    if not isinstance(args, list) or not args:
-        raise _fail(path, key, f"{kind}: expected a non-empty list, got {args!r}")
-    if kind == "choice":
-        return Distribution(kind, args)
-    if len(args) != 2:
-        raise _fail(path, key, f"{kind}: expected [low, high], got {args!r}")
-    low, high = (_as_number(v, path, f"{key}.{kind}", -math.inf) for v in args)
-    if not low < high:
-        raise _fail(path, key, f"{kind}: low must be < high, got {args!r}")
-    if kind == "loguniform" and low <= 0:
-        raise _fail(path, key, f"loguniform: low must be > 0, got {low}")
-    if kind == "randint":
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in args):
-            raise _fail(path, key, f"randint: expected integer bounds, got {args!r}")
-        return Distribution(kind, [int(low), int(high)])
-    return Distribution(kind, [low, high])
+def _mode_problems(raw: SpecFile) -> list[tuple[str, str]]:
+    """Search mode takes `space` (no seeds); grid mode `rows` + `seeds` (no samples, scheduler)."""
+    if (raw.space is None) == (raw.rows is None):
+        return [("space/rows", "give exactly one: `space` (search) or `rows` + `seeds` (grid)")]
+    if raw.space is not None:
+        if raw.seeds is None:
+            return []
+        return [("seeds", "only grid mode (`rows`) takes seeds; search with train.seed")]
+    problems = [(key, "grid mode runs every row x seed once, without a scheduler")
+                for key in ("num_samples", "scheduler") if getattr(raw, key) is not None]
+    if raw.seeds is None:
+        problems.append(("seeds", "grid mode needs a list of seeds"))
+    for name, overrides in raw.rows.items():
+        if SEED_KEY in (overrides or {}):
+            problems.append((f"rows.{name}.{SEED_KEY}", "seeds come from `seeds:`, not from a row"))
+    return problems
 
 
-def _parse_scheduler(raw: Any, path: Path) -> SchedulerSpec:
-    if raw is None:
-        return SchedulerSpec()
-    if not isinstance(raw, dict):
-        raise _fail(path, "scheduler", f"expected a mapping, got {raw!r}")
-    unknown = set(raw) - {"type", "grace_period", "reduction_factor"}
-    if unknown:
-        raise _fail(path, f"scheduler.{sorted(unknown)[0]}", "unknown key "
-                    "(known: type, grace_period, reduction_factor)")
-    kind = raw.get("type", "asha")
-    if kind not in SCHEDULERS:
-        raise _fail(path, "scheduler.type", f"expected one of {list(SCHEDULERS)}, got {kind!r}")
-    grace = _as_int(raw.get("grace_period", 1), path, "scheduler.grace_period", 1)
-    factor = _as_number(raw.get("reduction_factor", 2.0), path, "scheduler.reduction_factor", 1.0)
-    if factor <= 1:
-        raise _fail(path, "scheduler.reduction_factor", f"must be > 1, got {factor}")
-    return SchedulerSpec(kind, grace, factor)
+def _space_problems(space: dict[str, Distribution], base: ExperimentConfig
+                    ) -> list[tuple[str, str]]:
+    """What the base config says of each value a search could draw."""
+    problems = []
+    for key, distribution in space.items():
+        for value in distribution.values_to_check():
+            try:
+                apply_overrides(base, {key: value})
+            except ConfigError as err:
+                problems += _under("space", err)
+    return problems
 
 
-def _parse_resources(raw: Any, path: Path) -> tuple[float, float]:
-    if raw is None:
-        return 1.0, 0.0
-    if not isinstance(raw, dict) or set(raw) - {"cpu", "gpu"}:
-        raise _fail(path, "resources", f"expected {{cpu: N, gpu: F}}, got {raw!r}")
-    cpu = _as_number(raw.get("cpu", 1), path, "resources.cpu", 0.0)
-    gpu = _as_number(raw.get("gpu", 0), path, "resources.gpu", 0.0)
-    if cpu <= 0:
-        raise _fail(path, "resources.cpu", f"must be > 0, got {cpu}")
-    if gpu > 1 and gpu != int(gpu):
-        raise _fail(path, "resources.gpu", f"a fraction must be <= 1 (or a whole number), got {gpu}")
-    return cpu, gpu
-
-
-def _resolve_base(raw: Any, path: Path) -> Path:
-    if not isinstance(raw, str) or not raw:
-        raise _fail(path, "base_config", f"expected a config file name, got {raw!r}")
-    base = (path.parent / raw).resolve()
-    if not base.is_file():
-        raise _fail(path, "base_config", f"file {base} does not exist (paths are relative to the spec)")
-    return base
-
-
-def _check_values(base: ExperimentConfig, key: str, values: list[Any], path: Path, where: str) -> None:
-    """Apply each value of `key` to `base`; raises SweepSpecError when the config rejects one."""
-    for value in values:
-        try:
-            apply_overrides(base, {key: value})
-        except ConfigError as err:
-            raise _fail(path, f"{where}.{key}", str(err).split(": ", 1)[-1]) from None
-
-
-def _parse_space(raw: Any, base: ExperimentConfig, path: Path) -> dict[str, Distribution]:
-    if not isinstance(raw, dict) or not raw:
-        raise _fail(path, "space", f"expected a mapping of dotted config keys to distributions, got {raw!r}")
-    space = {}
-    for key, value in raw.items():
-        space[key] = _parse_distribution(value, path, f"space.{key}")
-        _check_values(base, key, space[key].values_to_check(), path, "space")
-    return space
-
-
-def _parse_rows(raw: Any, base: ExperimentConfig, path: Path) -> dict[str, dict[str, Any]]:
-    if not isinstance(raw, dict) or not raw:
-        raise _fail(path, "rows", f"expected a mapping of row names to override mappings, got {raw!r}")
-    rows = {}
-    for name, overrides in raw.items():
-        overrides = overrides or {}
-        if not isinstance(overrides, dict):
-            raise _fail(path, f"rows.{name}", f"expected a mapping of dotted config keys, got {overrides!r}")
-        if SEED_KEY in overrides:
-            raise _fail(path, f"rows.{name}.{SEED_KEY}", "seeds come from `seeds:`, not from a row")
+def _row_problems(rows: dict[str, dict[str, Any]], base: ExperimentConfig
+                  ) -> list[tuple[str, str]]:
+    """What the base config says of each grid row's overrides."""
+    problems = []
+    for name, overrides in rows.items():
         try:
             apply_overrides(base, overrides)
         except ConfigError as err:
-            raise _fail(path, f"rows.{name}", str(err).split(": ", 1)[-1]) from None
-        rows[str(name)] = dict(overrides)
-    return rows
+            problems += _under(f"rows.{name}", err)
+    return problems
 
 
-def _parse_seeds(raw: Any, path: Path) -> list[int]:
-    if raw is None:
-        raise _fail(path, "seeds", "grid mode needs a list of seeds")
-    if not isinstance(raw, list) or not raw:
-        raise _fail(path, "seeds", f"expected a non-empty list of integers, got {raw!r}")
-    seeds = [_as_int(seed, path, "seeds", 0) for seed in raw]
-    if len(set(seeds)) != len(seeds):
-        raise _fail(path, "seeds", f"duplicate seeds in {seeds}")
-    return seeds
-
-
-def _load_base(base_path: Path, overrides: dict[str, Any], path: Path) -> ExperimentConfig:
-    if not isinstance(overrides, dict):
-        raise _fail(path, "overrides", f"expected a mapping of dotted config keys, got {overrides!r}")
+def _read_spec(path: Path, spec_items: dict[str, Any]) -> SpecFile:
+    """The spec file (over its `base:` chain) with the CLI's spec settings, checked by type."""
     try:
-        base = apply_overrides(load_config(base_path), overrides, source=f"{path} overrides")
+        data = read_yaml(path, relative_keys=("base_config",))
     except ConfigError as err:
-        raise SweepSpecError(f"{path}: base_config: {err}") from None
-    if not base.tracking.enabled:
-        raise _fail(path, "overrides.tracking.enabled", "sweeps need MLflow tracking switched on")
-    return base
+        raise SweepSpecError(str(err)) from None
+    for key, value in spec_items.items():
+        _set_dotted(data, key, value)
+    try:
+        return validate_as(SpecFile, data)
+    except InvalidFields as err:
+        raise _failure(path, err.problems) from None
 
 
 def load_sweep_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> SweepSpec:
     """Read and validate a sweep spec; `overrides` are CLI `key=value` items (see split_overrides).
 
-    Raises SweepSpecError naming the file, the key and the problem, before anything runs.
+    Raises SweepSpecError before anything runs: first every key of the wrong type, out of range
+    or unknown; once those are right, every problem of the mode, the base config, its overrides,
+    the search space and the rows. One line per problem names the file, the key and the problem.
     """
     path = Path(path).resolve()
-    data = _read_mapping(path)
     spec_items, config_items = split_overrides(list(overrides or []), path)
-    for key, value in spec_items.items():
-        _set_dotted(data, key, value)
-    unknown = sorted(set(data) - set(SPEC_KEYS))
-    if unknown:
-        raise _fail(path, unknown[0], f"unknown key (known: {list(SPEC_KEYS)})")
-    config_overrides = {**(data.get("overrides") or {}), **config_items}
-    base_path = _resolve_base(data.get("base_config"), path)
-    base = _load_base(base_path, config_overrides, path)
-    spec = SweepSpec(name=_parse_name(data.get("name", path.stem), path), path=path,
-                     base_config=base_path, base=base, overrides=config_overrides)
-    _parse_common(data, spec, path)
-    _parse_mode(data, spec, path)
-    return spec
-
-
-def _parse_name(raw: Any, path: Path) -> str:
-    if not isinstance(raw, str) or not raw or any(c in raw for c in "/\\ "):
-        raise _fail(path, "name", f"expected a name without spaces or slashes, got {raw!r}")
-    return raw
-
-
-def _parse_common(data: dict[str, Any], spec: SweepSpec, path: Path) -> None:
-    spec.metric = data.get("metric", "SumR")
-    if not isinstance(spec.metric, str) or not spec.metric:
-        raise _fail(path, "metric", f"expected a metric name such as SumR, got {spec.metric!r}")
-    spec.mode = data.get("mode", "max")
-    if spec.mode not in ("max", "min"):
-        raise _fail(path, "mode", f"expected 'max' or 'min', got {spec.mode!r}")
-    spec.max_concurrent_trials = _as_int(data.get("max_concurrent_trials", 2), path,
-                                         "max_concurrent_trials", 1)
-    spec.seed = _as_int(data.get("seed", 0), path, "seed", 0)
-    spec.max_failures = _as_int(data.get("max_failures", 2), path, "max_failures", 0)
-    spec.cpus_per_trial, spec.gpus_per_trial = _parse_resources(data.get("resources"), path)
-    spec.reuse_actors = data.get("reuse_actors", True)
-    if not isinstance(spec.reuse_actors, bool):
-        raise _fail(path, "reuse_actors", f"expected true or false, got {spec.reuse_actors!r}")
-    storage = data.get("storage_path")
-    if storage is not None and (not isinstance(storage, str) or not storage):
-        raise _fail(path, "storage_path", f"expected a path or URI, got {storage!r}")
-    spec.storage_path = storage
-    experiment = data.get("experiment")
-    if experiment is not None and (not isinstance(experiment, str) or not experiment):
-        raise _fail(path, "experiment", f"expected an MLflow experiment name, got {experiment!r}")
-    spec.experiment = experiment
-
-
-def _parse_mode(data: dict[str, Any], spec: SweepSpec, path: Path) -> None:
-    has_space, has_rows = data.get("space") is not None, data.get("rows") is not None
-    if has_space == has_rows:
-        raise _fail(path, "space/rows", "give exactly one: `space` (search) or `rows` + `seeds` (grid)")
-    if has_space:
-        if data.get("seeds") is not None:
-            raise _fail(path, "seeds", "only grid mode (`rows`) takes seeds; search with train.seed")
-        spec.space = _parse_space(data["space"], spec.base, path)
-        spec.num_samples = _as_int(data.get("num_samples", 8), path, "num_samples", 1)
-        spec.scheduler = _parse_scheduler(data.get("scheduler"), path)
-        return
-    for key in ("num_samples", "scheduler"):
-        if data.get(key) is not None:
-            raise _fail(path, key, "grid mode runs every row x seed once, without a scheduler")
-    spec.rows = _parse_rows(data["rows"], spec.base, path)
-    spec.seeds = _parse_seeds(data.get("seeds"), path)
-    spec.scheduler = SchedulerSpec(type="none")
+    raw = _read_spec(path, spec_items)
+    space = {key: entry.distribution() for key, entry in (raw.space or {}).items()}
+    rows = {name: dict(values or {}) for name, values in (raw.rows or {}).items()}
+    config_overrides = {**(raw.overrides or {}), **config_items}
+    base_config = Path(raw.base_config).resolve()  # a CLI base_config=... is from the cwd
+    base, problems = _load_base(base_config, config_overrides)
+    problems = _mode_problems(raw) + problems
+    if base is not None:
+        problems += _space_problems(space, base) + _row_problems(rows, base)
+    if problems:
+        raise _failure(path, problems)
+    resources = raw.resources or ResourceSpec()
+    grid_scheduler = SchedulerSpec(type="none")
+    return SweepSpec(
+        name=raw.name or path.stem, path=path, base_config=base_config, base=base,
+        overrides=config_overrides, metric=raw.metric, mode=raw.mode,
+        num_samples=raw.num_samples or 8, max_concurrent_trials=raw.max_concurrent_trials,
+        seed=raw.seed, cpus_per_trial=resources.cpu, gpus_per_trial=resources.gpu,
+        max_failures=raw.max_failures, reuse_actors=raw.reuse_actors,
+        storage_path=raw.storage_path, experiment=raw.experiment,
+        scheduler=grid_scheduler if rows else raw.scheduler or SchedulerSpec(),
+        space=space, rows=rows, seeds=list(raw.seeds or []))
 
 
 def trial_overrides(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
