@@ -74,14 +74,13 @@ class MSCConfig:
         return heads
 
     def validate(self) -> MSCConfig:
-        """Check every field; returns self.
+        """Check every field; returns the checked copy (ints widened to floats, lists to tuples).
 
         Raises ValueError (model.validation.InvalidFields) with one line per bad field,
         `MSCConfig.<field>: <problem>, got <value>`: a wrong type, a value out of range, an
         unknown mode, heads not dividing hidden.
         """
-        validate_as(MSCConfig, self, prefix="MSCConfig.")
-        return self
+        return validate_as(MSCConfig, self, prefix="MSCConfig.")
 
     @property
     def input_dropout_rate(self) -> float:

@@ -11,7 +11,6 @@ The only I/O here is `load_authors_checkpoint`'s read of one checkpoint file.
 from __future__ import annotations
 
 import functools
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +20,7 @@ from torch import nn
 from model.config import MSCConfig
 from model.network import MSC
 from model.packing import Packing, parameter_packings
+from model.validation import InvalidFields, validate_as
 
 RELEASED_BRANCHES = len(MSCConfig().gauss_widths)
 RELEASED_CHECKPOINT_KEYS = ("config", "epoch", "model_val", "state_dict", "optimizer")
@@ -218,24 +218,18 @@ def config_from_authors(config: Mapping[str, Any]) -> MSCConfig:
                                         f"numbers, got {factors!r}")
         values["nce_clip"], values["nce_frame"] = factors[0], factors[1]
     try:
-        return MSCConfig(**_floats_as_floats(values)).validate()
-    except ValueError as err:
-        raise CheckpointFormatError(f"config: {_released_key_message(str(err))}") from None
+        return validate_as(MSCConfig, values)  # ints widen to floats (`rkd_d_coef: 10`)
+    except InvalidFields as err:
+        raise CheckpointFormatError("config: " + "; ".join(
+            _released_key_message(field, problem) for field, problem in err.problems)) from None
 
 
-def _floats_as_floats(values: dict[str, Any]) -> dict[str, Any]:
-    """Integers given for MSCConfig's float fields (e.g. `rkd_d_coef: 10`) become floats."""
-    float_fields = {f.name for f in fields(MSCConfig) if f.type in ("float", "float | None")}
-    return {name: float(value) if name in float_fields and type(value) is int else value
-            for name, value in values.items()}
-
-
-def _released_key_message(message: str) -> str:
-    """Name the released key next to the MSCConfig field in a validation message."""
-    for key, field in {**NETWORK_KEYS, **OPTIONAL_KEYS}.items():
-        if message.startswith(f"MSCConfig.{field} "):
-            return f"{key} ({message})"
-    return message
+def _released_key_message(field: str, problem: str) -> str:
+    """`drop (MSCConfig.dropout: problem)`: the released key next to the MSCConfig field."""
+    released = {ours: theirs for theirs, ours in {**NETWORK_KEYS, **OPTIONAL_KEYS}.items()}
+    key = released.get(field.split("[")[0])
+    message = f"MSCConfig.{field}: {problem}"
+    return f"{key} ({message})" if key else message
 
 
 def authors_config(cfg: MSCConfig, **settings: Any) -> dict[str, Any]:

@@ -48,7 +48,10 @@ def test_validate_lists_every_bad_field_one_line_each():
         "MSCConfig.tcp: expected true or false, got 1",
         "MSCConfig.cbva: expected 'off', 'fixed' or 'adaptive', got 'on'",
         "MSCConfig.sim_thr: must be <= 1.0, got 1.5"]
-    assert MSCConfig(gauss_widths=[None, 2], dropout=0).validate().dropout == 0
+    checked = MSCConfig(gauss_widths=[None, 2], dropout=0, rkd_d_coef=10).validate()
+    assert checked.gauss_widths == (None, 2.0) and type(checked.gauss_widths[1]) is float
+    assert type(checked.dropout) is float and type(checked.rkd_d_coef) is float
+    assert checked == MSCConfig(gauss_widths=(None, 2.0), dropout=0.0, rkd_d_coef=10.0)
 
 
 def test_network_rejects_an_invalid_config():
