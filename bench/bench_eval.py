@@ -35,8 +35,13 @@ def _row(name, value, unit, target=None, ok=None, note=""):
 def eval_at_scale(queries: int, videos: int, hidden: int = 384, chunk: int = 256) -> dict:
     """Time chunked ranking + diagnostics on random encoded features; returns seconds and RSS."""
     from model.config import MSCConfig
-    from msc_platform.evaluate import (EncodedQueries, EncodedVideos, diagnostics, rank_chunks,
-                                       recall_metrics)
+    from msc_platform.evaluate import (
+        EncodedQueries,
+        EncodedVideos,
+        diagnostics,
+        rank_chunks,
+        recall_metrics,
+    )
 
     generator = torch.Generator().manual_seed(0)
     encoded_videos = EncodedVideos(torch.randn(videos, 32, hidden, generator=generator),

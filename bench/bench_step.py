@@ -109,7 +109,7 @@ def count_steps(videos: int, device: torch.device) -> dict[str, DispatchCounter]
     torch.set_num_threads(1)
     try:
         counts = {}
-        for name, step in zip(("ours", "released"), _setup(videos, device)):
+        for name, step in zip(("ours", "released"), _setup(videos, device), strict=True):
             step()
             with DispatchCounter() as counter:
                 step()
@@ -129,7 +129,7 @@ def _timing_rows(videos: int, threads: int, rounds: int, device: torch.device, s
     times = compare_steps(videos, threads, rounds, device)
     ours_ms = statistics.median(times["ours"]) * 1e3
     released_ms = statistics.median(times["released"]) * 1e3
-    ratio = statistics.median(o / r for o, r in zip(times["ours"], times["released"]))
+    ratio = statistics.median(o / r for o, r in zip(times["ours"], times["released"], strict=True))
     tag = f"b{videos}_t{threads}{suffix}"
     setting = (f"B={videos} videos x {CAPTIONS} captions, 768-d features, D=384, 4 heads, train "
                f"mode, {threads} thread(s), {where}; median of {rounds} interleaved rounds after a "

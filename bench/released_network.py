@@ -60,7 +60,7 @@ def _attend(attention, queries, keys, mask, width, sizes) -> torch.Tensor:
 
 def attention_layer(layer, queries, keys, mask=None, width=None, sizes=None) -> torch.Tensor:
     """Post-norm layer: norm1(x + dropout1(attention)), then norm2(x + dropout2(FFN(x)))."""
-    attended = _attend(getattr(layer, "self"), queries, keys, mask, width, sizes)
+    attended = _attend(layer.self, queries, keys, mask, width, sizes)
     hidden = layer.norm1(queries + layer.dropout1(attended))
     return layer.norm2(hidden + layer.dropout2(layer.output(hidden)))
 

@@ -14,7 +14,6 @@ from torch.nn.utils import clip_grad_norm_
 from torch.optim import Optimizer
 
 
-
 class LoopBertAdam(Optimizer):
     """BertAdam with a per-parameter Python loop. Raises ValueError for lr < 0."""
 

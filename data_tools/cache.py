@@ -32,10 +32,19 @@ import h5py
 import numpy as np
 from filelock import FileLock
 
-from data_tools.features import (CLIP_LEN, CLIP_TOKENS, FRAME_LEN, SETTINGS, TEXT_LEN,
-                                 check_clip_tokens, clip_tokens_of, one_thread, stack_fixed_length,
-                                 text_inputs)
 from data_tools.atomic import atomic_write_json, parse_temp_name, temp_sibling
+from data_tools.features import (
+    CLIP_LEN,
+    CLIP_TOKENS,
+    FRAME_LEN,
+    SETTINGS,
+    TEXT_LEN,
+    check_clip_tokens,
+    clip_tokens_of,
+    one_thread,
+    stack_fixed_length,
+    text_inputs,
+)
 from data_tools.fingerprint import digest, source_fingerprint
 from data_tools.index import Index
 from data_tools.layout import Collection, feature_key

@@ -11,8 +11,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from model.merge import (OPTOME_TARGETS, fixed_length, l2_normalize, order_preserving_merge,
-                         uniform_clips)
+from model.merge import (
+    OPTOME_TARGETS,
+    fixed_length,
+    l2_normalize,
+    order_preserving_merge,
+    uniform_clips,
+)
 
 FRAME_LEN = 128
 CLIP_LEN = 32

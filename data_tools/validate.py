@@ -16,8 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from data_tools.errors import DataValidationError, Problem
 from data_tools.atomic import atomic_write_json
+from data_tools.errors import DataValidationError, Problem
 from data_tools.fingerprint import source_fingerprint
 from data_tools.layout import SPLITS, Caption, Collection, feature_key, read_captions
 

@@ -160,7 +160,7 @@ def _check_same_shapes(names: list[str], tensors: list[torch.Tensor], ours: str)
     """The tensors stacked or fused into one parameter all have one shape; raises
     CheckpointFormatError naming the first that differs."""
     first = tuple(tensors[0].shape)
-    for name, tensor in zip(names, tensors):
+    for name, tensor in zip(names, tensors, strict=True):
         if tuple(tensor.shape) != first:
             raise CheckpointFormatError(
                 f"state_dict: {name}: shape {tuple(tensor.shape)} differs from {names[0]} "
@@ -175,7 +175,7 @@ def to_authors_state_dict(model: MSC) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     released = {}
     for ours, theirs in table.items():
-        released.update(zip(theirs, packings[ours].unpack(state[ours].detach())))
+        released.update(zip(theirs, packings[ours].unpack(state[ours].detach()), strict=True))
     return released
 
 

@@ -6,9 +6,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import MSCConfig
-from model.layers import (POOL_PENALTY, GaussianMixtureBlock, InputProjection,
-                          MultiBranchAttentionLayer, PositionalEmbedding, StackedLayerNorm,
-                          StackedLinear)
+from model.layers import (
+    POOL_PENALTY,
+    GaussianMixtureBlock,
+    InputProjection,
+    MultiBranchAttentionLayer,
+    PositionalEmbedding,
+    StackedLayerNorm,
+    StackedLinear,
+)
 
 INIT_STD = 0.02
 

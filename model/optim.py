@@ -61,10 +61,10 @@ class BertAdam(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             layouts = group["layouts"] or [None] * len(group["params"])
-            pairs = [(p, layout) for p, layout in zip(group["params"], layouts)
+            pairs = [(p, layout) for p, layout in zip(group["params"], layouts, strict=True)
                      if p.grad is not None]
             if pairs:
-                params, layouts = map(list, zip(*pairs))
+                params, layouts = map(list, zip(*pairs, strict=True))
                 self._update_group(group, params, layouts)
         return loss
 
@@ -104,14 +104,15 @@ def _clipped(max_norm: float, grads: list, layouts: list) -> list:
     own (new tensors); as is when max_norm is 0. One norm op per sliced tensor, no host sync."""
     if max_norm <= 0:
         return grads
-    views = [g if layout is None else g.reshape(layout[0]) for g, layout in zip(grads, layouts)]
+    views = [g if layout is None else g.reshape(layout[0])
+             for g, layout in zip(grads, layouts, strict=True)]
     norms = _norms(views, layouts)  # 0-d, or keepdim per-slice norms
     scales = torch._foreach_add(norms, CLIP_EPS)
     torch._foreach_reciprocal_(scales)
     torch._foreach_mul_(scales, max_norm)
     torch._foreach_clamp_max_(scales, 1.0)
     clipped = torch._foreach_mul(views, scales)
-    return [c.view(g.shape) for c, g in zip(clipped, grads)]
+    return [c.view(g.shape) for c, g in zip(clipped, grads, strict=True)]
 
 
 def _norms(views: list, layouts: list) -> list:
@@ -119,7 +120,7 @@ def _norms(views: list, layouts: list) -> list:
     whole = [i for i, layout in enumerate(layouts) if layout is None]
     norms = [None] * len(views)
     if whole:
-        for i, norm in zip(whole, torch._foreach_norm([views[i] for i in whole])):
+        for i, norm in zip(whole, torch._foreach_norm([views[i] for i in whole]), strict=True):
             norms[i] = norm
     for i, layout in enumerate(layouts):
         if layout is not None:

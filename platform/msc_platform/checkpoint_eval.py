@@ -22,8 +22,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from msc_platform.config import (DEFAULT_CONFIG, ConfigError, ExperimentConfig, TrackingConfig,
-                                 apply_overrides, flatten, load_config, resolve_data_root, to_yaml)
+from msc_platform.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    ExperimentConfig,
+    TrackingConfig,
+    apply_overrides,
+    flatten,
+    load_config,
+    resolve_data_root,
+    to_yaml,
+)
 from msc_platform.data import TrainingData, prepare_data
 from msc_platform.device import apply_threads, pick_device
 from msc_platform.evaluate import evaluate, logged_metrics

@@ -142,7 +142,8 @@ NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--dashboard-
 def _common_args(node_ip: str, cpus: int, object_store_mb: int, temp_dir: str,
                  ports: list[int]) -> list[str]:
     """The `ray start` arguments every node gets; `ports` are one per NODE_PORT_FLAGS entry."""
-    port_args = [arg for flag, port in zip(NODE_PORT_FLAGS, ports) for arg in (flag, str(port))]
+    port_args = [arg for flag, port in zip(NODE_PORT_FLAGS, ports, strict=True)
+                 for arg in (flag, str(port))]
     return ["--block", "--node-ip-address", node_ip, "--num-cpus", str(cpus), "--num-gpus", "0",
             "--object-store-memory", str(object_store_mb * 1024 * 1024), *port_args,
             "--disable-usage-stats", "--temp-dir", temp_dir]
@@ -227,7 +228,8 @@ def start_local_cluster(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, wor
 
 def _node_specs(cluster: LocalCluster, state_dir: Path) -> list[NodeSpec]:
     names = ["head"] + [f"worker{i}" for i in range(1, len(cluster.node_ips))]
-    return [NodeSpec(name, ip, state_dir / f"{name}.log") for name, ip in zip(names, cluster.node_ips)]
+    return [NodeSpec(name, ip, state_dir / f"{name}.log")
+            for name, ip in zip(names, cluster.node_ips, strict=True)]
 
 
 def _node_command(cluster: LocalCluster, node: NodeSpec, ray: str, cpus: int,

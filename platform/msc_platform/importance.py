@@ -8,7 +8,12 @@ a CategoricalDistribution. Importances come from Optuna's fANOVA evaluator, seed
 from __future__ import annotations
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
 from msc_platform.run_records import RunRecord

@@ -21,8 +21,13 @@ from typing import Any
 import torch
 
 from model.config import MSCConfig
-from model.interop import (RELEASED_SCHEDULES, CheckpointFormatError, authors_config,
-                           load_authors_checkpoint, to_authors_state_dict)
+from model.interop import (
+    RELEASED_SCHEDULES,
+    CheckpointFormatError,
+    authors_config,
+    load_authors_checkpoint,
+    to_authors_state_dict,
+)
 from model.network import MSC
 from msc_platform.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from msc_platform.config import ExperimentConfig, from_dict

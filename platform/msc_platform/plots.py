@@ -64,7 +64,7 @@ def _spread_panel(axis, names: Sequence[str], values: Sequence[Sequence[float]],
     stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
     axis.errorbar(positions, means, yerr=stds, fmt="o-" if ordered else "o", capsize=4, color="tab:blue",
                   label="mean ± std")
-    for position, seed_values in zip(positions, values):
+    for position, seed_values in zip(positions, values, strict=True):
         axis.scatter([position] * len(seed_values), seed_values, s=12, color="tab:orange", zorder=3)
     crowded = len(names) > 3
     axis.set_xticks(positions, list(names), rotation=30 if crowded else 0, ha="right" if crowded else "center")
@@ -90,7 +90,7 @@ def plot_factor_sumr(factors: dict[str, dict[str, list[RunRecord]]], path: Path)
     `factors` maps factor name -> {value label: runs}, values in display order.
     """
     figure, axes = _figure(len(factors))
-    for axis, (factor, by_value) in zip(axes, factors.items()):
+    for axis, (factor, by_value) in zip(axes, factors.items(), strict=True):
         _spread_panel(axis, list(by_value), [_sumr(runs) for runs in by_value.values()], f"SumR vs {factor}", factor)
     return _save(figure, path)
 
@@ -102,7 +102,7 @@ def plot_param_sumr(runs: list[RunRecord], keys: list[str], path: Path) -> Path:
     others are grouped per value with the seed spread.
     """
     figure, axes = _figure(max(1, len(keys)))
-    for axis, key in zip(axes, keys):
+    for axis, key in zip(axes, keys, strict=False):
         values = [run.params.get(key) for run in runs]
         if all(is_number(v) for v in values):
             x = np.array([float(v) for v in values])
@@ -113,7 +113,8 @@ def plot_param_sumr(runs: list[RunRecord], keys: list[str], path: Path) -> Path:
             axis.grid(alpha=0.3)
         else:
             names = sorted({str(v) for v in values})
-            grouped = [[run.metric(SUMR_METRIC) for run, v in zip(runs, values) if str(v) == name] for name in names]
+            grouped = [[run.metric(SUMR_METRIC) for run, v in zip(runs, values, strict=True)
+                        if str(v) == name] for name in names]
             _spread_panel(axis, names, grouped, f"SumR vs {key}", key, ordered=False)
     if not keys:
         axes[0].text(0.5, 0.5, "no parameter varies", ha="center", va="center")
@@ -136,7 +137,7 @@ def plot_training_curves(curves: dict[str, dict[str, list[list[tuple[int, float]
     `curves` maps metric name -> {row: [one seed's (step, value) pairs, ...]}.
     """
     figure, axes = _figure(max(1, len(curves)))
-    for axis, (metric, by_row) in zip(axes, curves.items()):
+    for axis, (metric, by_row) in zip(axes, curves.items(), strict=False):
         epochs: set[int] = set()
         for row, histories in by_row.items():
             steps, values = _aligned(histories)

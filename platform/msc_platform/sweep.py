@@ -27,10 +27,21 @@ from ray.tune.search.optuna import OptunaSearch
 from msc_platform.config import apply_overrides
 from msc_platform.data import prepare_data
 from msc_platform.ray_session import ray_session
-from msc_platform.sweep_spec import (ROW_KEY, SEED_KEY, SweepSpec, SweepSpecError,
-                                     load_sweep_spec, trial_overrides)
-from msc_platform.sweep_tracking import (absolute_tracking_uri, finish_parent_run,
-                                         open_parent_run, settle_trial_runs, trial_runs)
+from msc_platform.sweep_spec import (
+    ROW_KEY,
+    SEED_KEY,
+    SweepSpec,
+    SweepSpecError,
+    load_sweep_spec,
+    trial_overrides,
+)
+from msc_platform.sweep_tracking import (
+    absolute_tracking_uri,
+    finish_parent_run,
+    open_parent_run,
+    settle_trial_runs,
+    trial_runs,
+)
 from msc_platform.tracking import RunTracker
 from msc_platform.tune_trial import RUN_ID_KEY, TrialContext, run_trial
 

@@ -133,7 +133,8 @@ class _LossWindow:
     def epoch_means(self) -> dict[str, float]:
         """The epoch's mean terms as MLflow metrics: loss/<term> and segments."""
         totals = torch.stack(list(self.sums.values())).tolist() if self.sums else []
-        means = {key: value / max(self.steps, 1) for key, value in zip(self.sums, totals)}
+        means = {key: value / max(self.steps, 1)
+                 for key, value in zip(self.sums, totals, strict=True)}
         row = {f"loss/{key}": value for key, value in means.items() if key != "segments"}
         row["segments"] = means.get("segments", 0.0)
         return row

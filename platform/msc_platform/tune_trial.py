@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from mlflow.tracking import MlflowClient
 import ray
+from mlflow.tracking import MlflowClient
 from ray import tune
 
 from msc_platform.sweep_spec import ROW_KEY, SEED_KEY, SweepSpec, trial_config

@@ -8,8 +8,12 @@ import torch
 from bench.bench_ops import batched_step, make_inputs, released_loops_step
 from bench.bench_step import our_step
 from bench.dispatch_count import DispatchCounter
-from bench.released_algorithm import (build_reference, released_batch, released_forward,
-                                      released_step)
+from bench.released_algorithm import (
+    build_reference,
+    released_batch,
+    released_forward,
+    released_step,
+)
 from bench.released_losses import released_loss, segment_count
 from bench.released_optim import build_loop_optimizer
 from model.losses import msc_loss
@@ -75,7 +79,8 @@ def test_released_step_trains_the_reference():
     terms = released_step(reference, cfg, build_loop_optimizer(reference, lr=1e-3),
                           released_batch(batch))
     assert torch.isfinite(terms["total"])
-    assert all(not torch.equal(old, new) for old, new in zip(before, reference.parameters()))
+    assert all(not torch.equal(old, new)
+               for old, new in zip(before, reference.parameters(), strict=True))
 
 
 def test_released_ops_loops_equal_the_batched_ops():

@@ -6,8 +6,15 @@ import os
 
 import pytest
 
-from data_tools.atomic import (atomic_copy, atomic_write, atomic_write_bytes, atomic_write_json,
-                               atomic_write_text, parse_temp_name, temp_sibling)
+from data_tools.atomic import (
+    atomic_copy,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    parse_temp_name,
+    temp_sibling,
+)
 
 
 def test_temp_sibling_is_hidden_beside_the_target_and_names_its_writer(tmp_path):

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from data_tools.datasets import (EpochShuffleSampler, H5Source, TrainVideoDataset, collate_train,
-                                 make_loaders)
+from data_tools.datasets import (
+    EpochShuffleSampler,
+    H5Source,
+    TrainVideoDataset,
+    collate_train,
+    make_loaders,
+)
 from data_tools.errors import DataValidationError
 from data_tools.layout import read_captions
 from data_tools.validate import validate_collection

@@ -88,7 +88,7 @@ def test_released_collections_are_held_to_their_real_width(tiny_copy):
     charades = Collection(tiny_copy.root, "charades")
     for sub in ("TextData", "FeatureData"):
         (charades.dir / sub).mkdir(parents=True)
-    for source, target in zip(tiny_copy.source_files(), charades.source_files()):
+    for source, target in zip(tiny_copy.source_files(), charades.source_files(), strict=True):
         shutil.copy(source, target)
     error = _problems(charades)
     videos = len({c.video_id for c in _train_captions(tiny_copy)}) + 12

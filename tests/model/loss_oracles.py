@@ -94,7 +94,7 @@ def _unit(v: list[float]) -> list[float]:
 def _angle(x: list[list[float]], a: int, b: int, c: int) -> float:
     ab = _unit([x[b][k] - x[a][k] for k in range(len(x[a]))])
     ac = _unit([x[c][k] - x[a][k] for k in range(len(x[a]))])
-    return sum(p * q for p, q in zip(ab, ac))
+    return sum(p * q for p, q in zip(ab, ac, strict=True))
 
 
 def rkd_angle_loop(student: torch.Tensor, teacher: torch.Tensor) -> float:
@@ -122,7 +122,7 @@ def gt_ranks_loop(scores: torch.Tensor, gt: list[int]) -> list[int]:
 def _cos(a: list[float], b: list[float]) -> float:
     na = math.sqrt(sum(e * e for e in a))
     nb = math.sqrt(sum(e * e for e in b))
-    return sum(p * q for p, q in zip(a, b)) / (na * nb)
+    return sum(p * q for p, q in zip(a, b, strict=True)) / (na * nb)
 
 
 def diff_norm_loop(feats: torch.Tensor, groups: list[int]) -> float:
@@ -148,7 +148,7 @@ def bert_adam_loop(params: list[torch.Tensor], grads_per_step: list[list[torch.T
     values = [p.double().flatten().tolist() for p in params]
     means = [[0.0] * len(v) for v in values]
     squares = [[0.0] * len(v) for v in values]
-    for grads, lr in zip(grads_per_step, lrs):
+    for grads, lr in zip(grads_per_step, lrs, strict=True):
         for i, grad in enumerate(grads):
             g = grad.double().flatten().tolist()
             norm = math.sqrt(sum(e * e for e in g))
@@ -161,4 +161,5 @@ def bert_adam_loop(params: list[torch.Tensor], grads_per_step: list[list[torch.T
                 if decay[i]:
                     update += weight_decay * values[i][k]
                 values[i][k] -= lr * update
-    return [torch.tensor(v, dtype=torch.float64).reshape(p.shape) for v, p in zip(values, params)]
+    return [torch.tensor(v, dtype=torch.float64).reshape(p.shape)
+            for v, p in zip(values, params, strict=True)]

@@ -97,7 +97,7 @@ class AttentionLayer(nn.Module):
 
     def __init__(self, hidden: int, heads: int, dropout: float, inner: int):
         super().__init__()
-        setattr(self, "self", HeadsAttention(hidden, heads, dropout))
+        self.self = HeadsAttention(hidden, heads, dropout)
         self.output = FeedForward(hidden, inner, dropout)
         self.norm1 = nn.LayerNorm(hidden)
         self.norm2 = nn.LayerNorm(hidden)
@@ -105,7 +105,7 @@ class AttentionLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, queries, keys, key_mask=None, prior=None, size_bias=None):
-        attention = getattr(self, "self")
+        attention = self.self
         attended = self.norm1(queries + self.dropout1(
             attention(queries, keys, key_mask, prior, size_bias)))
         return self.norm2(attended + self.dropout2(self.output(attended)))

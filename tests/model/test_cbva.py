@@ -35,7 +35,7 @@ def _compare_with_oracle(frames, segments, labels, sizes, clip_feats, counts) ->
     slow_grads = torch.autograd.grad(want, (frames, segments))
     assert_close(loss, want, rtol=1e-10, atol=1e-10)
     assert mean_segments.item() == pytest.approx(want_segments)
-    for fast, slow in zip(fast_grads, slow_grads):
+    for fast, slow in zip(fast_grads, slow_grads, strict=True):
         assert_close(fast, slow, rtol=1e-9, atol=1e-12)
 
 

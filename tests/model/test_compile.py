@@ -35,7 +35,8 @@ def _video_batch(batch: int = 4, device: str = "cpu"):
 
 def test_order_preserving_merge_and_closure_compile_without_graph_breaks():
     x = torch.randn(3, 128, 8, generator=torch.Generator().manual_seed(22))
-    for got, want in zip(_compiled(merge.order_preserving_merge)(x), merge.order_preserving_merge(x)):
+    for got, want in zip(_compiled(merge.order_preserving_merge)(x),
+                         merge.order_preserving_merge(x), strict=True):
         assert_close(got, want)
     feats = merge.l2_normalize(x[:, :32])
     step = _compiled(lambda f: merge.segment_count(merge.closure_ratio(f, 0.2)))
@@ -47,7 +48,8 @@ def test_bipartite_merge_compiles_without_graph_breaks():
     target = torch.tensor([5, 20, 12, 32])
     compiled = _compiled(merge.bipartite_merge)
     for got, want in zip(compiled(segments, clip_feats, sizes, labels, target),
-                         merge.bipartite_merge(segments, clip_feats, sizes, labels, target)):
+                         merge.bipartite_merge(segments, clip_feats, sizes, labels, target),
+                         strict=True):
         assert_close(got, want)
 
 
@@ -62,7 +64,7 @@ def _check_compiled_cbva(backend: str, device: str) -> None:
         loss, mean_segments = run(f, s)
         loss.backward()
         results.append((loss, mean_segments, f.grad, s.grad))
-    for got, want in zip(*results):
+    for got, want in zip(*results, strict=True):
         assert_close(got, want)
 
 

@@ -10,9 +10,15 @@ import pytest
 import torch
 
 from model.config import MSCConfig
-from model.interop import (CheckpointFormatError, authors_config, config_from_authors,
-                           convert_authors_state_dict, load_authors_checkpoint, released_names,
-                           to_authors_state_dict)
+from model.interop import (
+    CheckpointFormatError,
+    authors_config,
+    config_from_authors,
+    convert_authors_state_dict,
+    load_authors_checkpoint,
+    released_names,
+    to_authors_state_dict,
+)
 from model.network import MSC, fused_scores, similarity
 from tests.model.batch_factory import one_thread
 from tests.model.released_reference import ReferenceMSC, randomised

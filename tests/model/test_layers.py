@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.layers import (CrossAttentionLayer, GaussianMixtureBlock, InputProjection,
-                          MultiBranchAttentionLayer, PositionalEmbedding, gaussian_prior)
+from model.layers import (
+    CrossAttentionLayer,
+    GaussianMixtureBlock,
+    InputProjection,
+    MultiBranchAttentionLayer,
+    PositionalEmbedding,
+    gaussian_prior,
+)
 from tests.model.batch_factory import one_thread
 from tests.model.loss_oracles import gaussian_prior_loop
 

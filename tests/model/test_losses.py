@@ -7,13 +7,21 @@ import pytest
 import torch
 
 from model import cbva
-from model.losses import (cbva_loss, msc_loss, rkd_angle, rkd_distance, sample_t2v_negatives,
-                          sample_v2t_negatives, triplet_from_negatives, triplet_loss, video_nce)
+from model.losses import (
+    cbva_loss,
+    msc_loss,
+    rkd_angle,
+    rkd_distance,
+    sample_t2v_negatives,
+    sample_v2t_negatives,
+    triplet_from_negatives,
+    triplet_loss,
+    video_nce,
+)
 from model.merge import closure_ratio, segment_count
 from model.network import MSC
 from tests.model.batch_factory import make_batch, one_thread, tiny_config
-from tests.model.loss_oracles import (rkd_angle_loop, rkd_distance_loop, triplet_loop,
-                                      video_nce_loop)
+from tests.model.loss_oracles import rkd_angle_loop, rkd_distance_loop, triplet_loop, video_nce_loop
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 TERMS = {"nce_clip", "nce_frame", "triplet_clip", "triplet_frame", "rkd_distance", "rkd_angle",

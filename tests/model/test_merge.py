@@ -35,7 +35,7 @@ def _padded_batch(gen: torch.Generator, batch: int, length: int = 32, frames: in
 
 
 def _assert_same_merge(fast, slow) -> None:
-    for got, want in zip(fast[:3], slow[:3]):
+    for got, want in zip(fast[:3], slow[:3], strict=True):
         assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert torch.equal(fast[3], slow[3])
 
@@ -152,7 +152,7 @@ def test_bipartite_merge_leaves_videos_at_their_target_untouched():
     x = x * (sizes > 0).unsqueeze(-1)  # zero padding, as the op writes it
     metric = metric * (sizes > 0).unsqueeze(-1)
     unchanged = merge.bipartite_merge(x, metric, sizes, labels, (sizes > 0).sum(dim=1))
-    for got, want in zip(unchanged, (x, metric, sizes, labels)):
+    for got, want in zip(unchanged, (x, metric, sizes, labels), strict=True):
         assert torch.equal(got, want)
 
 

@@ -4,6 +4,7 @@ warm-up); parameter groups; the schedule."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -12,8 +13,13 @@ from torch import nn
 from model.config import MSCConfig
 from model.interop import convert_authors_state_dict, to_authors_state_dict
 from model.network import MSC
-from model.optim import (BertAdam, build_optimizer, clip_layouts, no_decay_parameter_names,
-                         warmup_linear_schedule)
+from model.optim import (
+    BertAdam,
+    build_optimizer,
+    clip_layouts,
+    no_decay_parameter_names,
+    warmup_linear_schedule,
+)
 from tests.model.batch_factory import one_thread, tiny_config
 from tests.model.loss_oracles import bert_adam_loop
 from tests.model.released_reference import ReferenceMSC, randomised
@@ -47,13 +53,13 @@ def test_bert_adam_matches_the_loop_reference_with_schedule_and_decay_groups():
     lrs = []
     for step_grads in grads:
         lrs.append(optimizer.param_groups[0]["lr"])
-        for param, grad in zip(params, step_grads):
+        for param, grad in zip(params, step_grads, strict=True):
             param.grad = grad.clone()
         optimizer.step()
         schedule.step()
     decay = [name in ("linear.weight", "norm.weight", "table") for name, _ in net.named_parameters()]
     expected = bert_adam_loop(initial, grads, lrs, decay, weight_decay=0.01)
-    for param, want in zip(params, expected):
+    for param, want in zip(params, expected, strict=True):
         torch.testing.assert_close(param.detach().double(), want, rtol=1e-5, atol=1e-6)
     assert lrs[:3] == pytest.approx([0.0, 0.05, 0.1])
 
@@ -185,7 +191,7 @@ def test_schedule_values():
     assert factors[0] == 0.0 and factors[1] == pytest.approx(0.5) and factors[2] == pytest.approx(1.0)
     assert factors[101] == pytest.approx((101 / 200 - 1) / (0.01 - 1))
     assert factors[199] == pytest.approx(1 / 198) and factors[200] == 0.0
-    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))
+    assert all(a >= b for a, b in pairwise(factors[2:]))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -149,7 +149,7 @@ def test_three_optimiser_steps_equal_the_released_bertadam(golden):
     params = dict(model.named_parameters())
     for step_scales in golden["grad_scales"]:
         scaled = {name: golden["grads"][name] * scale
-                  for name, scale in zip(golden["param_names"], step_scales.tolist())}
+                  for name, scale in zip(golden["param_names"], step_scales.tolist(), strict=True)}
         for name, grad in convert_authors_state_dict(scaled).items():
             params[name].grad = grad
         optimizer.step()

@@ -10,9 +10,9 @@ import pytest
 from msc_platform import bootstrap
 from msc_platform.bootstrap import (
     mean_contribution_per_query,
+    p_value_from_indices,
     paired_bootstrap_p,
     paired_differences,
-    p_value_from_indices,
     sumr_contributions,
 )
 

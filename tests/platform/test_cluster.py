@@ -20,11 +20,22 @@ from pathlib import Path
 
 import pytest
 
-from msc_platform.cluster import (cluster_nodes, cluster_processes, free_port,
-                                  start_local_cluster, stop_cluster)
 from data_tools.processes import pid_alive
-from tests.platform.test_sweep_run import (driver_env, finish_driver, result_rows, start_driver,
-                                           wait_until, write_tiny_spec)
+from msc_platform.cluster import (
+    cluster_nodes,
+    cluster_processes,
+    free_port,
+    start_local_cluster,
+    stop_cluster,
+)
+from tests.platform.test_sweep_run import (
+    driver_env,
+    finish_driver,
+    result_rows,
+    start_driver,
+    wait_until,
+    write_tiny_spec,
+)
 
 pytestmark = pytest.mark.slow
 SWEEP = "cluster"

@@ -15,8 +15,15 @@ from msc_platform.checkpoint import save_checkpoint
 from msc_platform.commands.train import register
 from msc_platform.config import to_dict
 from msc_platform.data import prepare_data
-from msc_platform.evaluate import (EncodedQueries, EncodedVideos, encode_queries, encode_videos,
-                                   evaluate, evaluate_loaders, rank_chunks)
+from msc_platform.evaluate import (
+    EncodedQueries,
+    EncodedVideos,
+    encode_queries,
+    encode_videos,
+    evaluate,
+    evaluate_loaders,
+    rank_chunks,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from msc_platform.cluster import (STATE_FILE, ClusterError, read_state, recorded_auth_mode,
-                                  running_local_cluster, start_local_cluster)
 from data_tools.processes import pid_alive
+from msc_platform.cluster import (
+    STATE_FILE,
+    ClusterError,
+    read_state,
+    recorded_auth_mode,
+    running_local_cluster,
+    start_local_cluster,
+)
 from msc_platform.process_groups import group_processes, stop_groups
 from msc_platform.ray_nodes import STARTED_LINE, NodeSpec, NodeStartError, start_node
 

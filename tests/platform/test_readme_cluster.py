@@ -25,9 +25,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from msc_platform.cli import build_parser, parse_command_line
-from msc_platform.cluster import DEFAULT_HEAD_PORT, HEAD_IP, cluster_processes, port_free, read_state
 from data_tools.processes import pid_alive
+from msc_platform.cli import build_parser, parse_command_line
+from msc_platform.cluster import (
+    DEFAULT_HEAD_PORT,
+    HEAD_IP,
+    cluster_processes,
+    port_free,
+    read_state,
+)
 from msc_platform.process_groups import descendants
 from msc_platform.sweep_spec import load_sweep_spec
 from tests.platform.conftest import REPO_ROOT, TINY

@@ -9,10 +9,28 @@ import pytest
 
 from msc_platform.bootstrap import paired_bootstrap_p
 from msc_platform.report import write_report
-from msc_platform.run_records import RanksLoader, RunLookupError, RunRecord, collect_runs, metric_key
+from msc_platform.run_records import (
+    RanksLoader,
+    RunLookupError,
+    RunRecord,
+    collect_runs,
+    metric_key,
+)
 from msc_platform.table_render import main_display, to_latex, to_markdown
-from msc_platform.tables import ablation_table, incomplete_table, sensitivity_table, sweep_table, table_kind
-from tests.platform.mlflow_runs import log_trial, new_store, ranks_frame, recalls_from_ranks, start_parent
+from msc_platform.tables import (
+    ablation_table,
+    incomplete_table,
+    sensitivity_table,
+    sweep_table,
+    table_kind,
+)
+from tests.platform.mlflow_runs import (
+    log_trial,
+    new_store,
+    ranks_frame,
+    recalls_from_ranks,
+    start_parent,
+)
 
 CAPS = ["q0", "q1", "q2", "q3", "q4", "q5"]
 # fused ranks per (row, seed), in CAPS order

@@ -8,8 +8,14 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from msc_platform.tracking import (DEFAULT_TRACKING_URI, NullTracker, RunTracker, git_state,
-                                   package_versions, tracking_uri)
+from msc_platform.tracking import (
+    DEFAULT_TRACKING_URI,
+    NullTracker,
+    RunTracker,
+    git_state,
+    package_versions,
+    tracking_uri,
+)
 
 
 def test_tracking_uri_precedence(monkeypatch):

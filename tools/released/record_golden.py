@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from released_env import RELEASED_COMMIT, prepare
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +163,8 @@ def eval_outputs(model, outputs: list, batch: dict) -> dict[str, torch.Tensor]:
     encoded clip tokens and frames before vproj_clip (from its encode_context)."""
     names = ("clip_scores", "clip_scores_raw", None, "frame_scores", "frame_scores_raw", "query",
              "end_tokens", "clips_aligned", "frames_aligned")
-    recorded = {name: value.detach().clone() for name, value in zip(names, outputs) if name}
+    recorded = {name: value.detach().clone()
+                for name, value in zip(names, outputs[:len(names)], strict=True) if name}
     closure = outputs[9]
     recorded["closure_ratio"] = torch.tensor([closure[i] for i in range(len(closure))])
     with torch.no_grad():
@@ -212,7 +212,7 @@ def optimiser_steps(get_opts, model, config: dict, grads: dict, scales: torch.Te
     params = dict(model.named_parameters())
     for step_scales in scales:
         optimizer.zero_grad()
-        for name, scale in zip(names, step_scales.tolist()):
+        for name, scale in zip(names, step_scales.tolist(), strict=True):
             params[name].grad = grads[name] * scale
         optimizer.step()
     return {name: p.detach().clone() for name, p in model.named_parameters()}
