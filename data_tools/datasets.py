@@ -117,9 +117,12 @@ def _stack(items: list[dict], key: str) -> torch.Tensor:
     return torch.from_numpy(np.stack([item[key] for item in items]))
 
 
-def pad_tokens(token_list: list[np.ndarray], length: int = TEXT_LEN):
-    """Zero-pad normalised tokens to `length` rows: (tokens[Q, L, Dt], mask[Q, L], end_tokens[Q, Dt])."""
+def pad_tokens(token_list: list[np.ndarray], limit: int = TEXT_LEN):
+    """Zero-pad normalised tokens to the longest caption (at most `limit` rows), as the released
+    loader does: (tokens[Q, L, Dt], mask[Q, L], end_tokens[Q, Dt]). Padded rows are masked
+    keys whose attention weight is exactly 0, so the length changes no score, only the work."""
     dim = token_list[0].shape[1]
+    length = min(limit, max(len(rows) for rows in token_list))
     tokens = np.zeros((len(token_list), length, dim), dtype=np.float32)  # [Q, L, Dt]
     mask = np.zeros((len(token_list), length), dtype=np.float32)  # [Q, L]
     for q, rows in enumerate(token_list):

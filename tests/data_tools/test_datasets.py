@@ -12,6 +12,7 @@ from data_tools.datasets import (
     TrainVideoDataset,
     collate_train,
     make_loaders,
+    pad_tokens,
 )
 from data_tools.errors import DataValidationError
 from data_tools.layout import read_captions
@@ -44,10 +45,11 @@ def test_round_trip_synth_validate_cache_loader(tiny_root, loaders):
     assert sorted(seen_caps) == sorted(c.cap_id for c in train) and len(seen_caps) == report.captions["train"]
     batch = batches[0]
     videos, queries = len(batch["video_ids"]), len(batch["cap_ids"])
+    longest = int(batch["token_mask"].sum(1).max())  # padded to the batch's longest caption
     shapes = {"frames": ((videos, 128, 32), torch.float32), "frame_mask": ((videos, 128), torch.float32),
               "clips": ((videos, 32, 32), torch.float32), "clip_sizes": ((videos, 32), torch.float32),
-              "clip_labels": ((videos, 128), torch.int64), "tokens": ((queries, 77, 32), torch.float32),
-              "token_mask": ((queries, 77), torch.float32), "end_tokens": ((queries, 32), torch.float32),
+              "clip_labels": ((videos, 128), torch.int64), "tokens": ((queries, longest, 32), torch.float32),
+              "token_mask": ((queries, longest), torch.float32), "end_tokens": ((queries, 32), torch.float32),
               "query_labels": ((queries,), torch.int64)}
     for key, (shape, dtype) in shapes.items():
         assert (tuple(batch[key].shape), batch[key].dtype) == (shape, dtype), key
@@ -114,3 +116,13 @@ def test_training_loaders_refuse_bad_data_before_starting(tiny_copy, tmp_path):
         make_loaders(tiny_copy.root, "synthetic", "optome", 4, 0, 0, tmp_path / "cache")
     with pytest.raises(ValueError, match="clip_tokens='tome'"):
         make_loaders(tiny_copy.root, "synthetic", "tome", 4, 0, 0, tmp_path / "cache")
+
+
+def test_pad_tokens_pads_to_the_longest_caption_within_the_limit():
+    rows = [np.ones((3, 4), np.float32), 2 * np.ones((5, 4), np.float32)]
+    tokens, mask, ends = pad_tokens(rows)
+    assert tokens.shape == (2, 5, 4) and mask.sum(1).tolist() == [3.0, 5.0]
+    assert ends.tolist() == [[1.0] * 4, [2.0] * 4]
+    long_rows = [np.arange(90 * 4, dtype=np.float32).reshape(90, 4)]
+    tokens, mask, ends = pad_tokens(long_rows, limit=77)
+    assert tokens.shape == (1, 77, 4) and torch.equal(ends[0], tokens[0, 76])
