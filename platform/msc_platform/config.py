@@ -10,6 +10,7 @@ field naming the file, the dotted key and the problem, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import typing
@@ -275,6 +276,7 @@ def _override_value(section: str, name: str, value: Any, text: str | None) -> An
     return value
 
 
+@functools.cache
 def _takes_text(section: str, name: str) -> bool:
     """Whether field `name` of `section` holds text: a str, or a choice among strings."""
     section_class = typing.get_type_hints(ExperimentConfig)[section]
