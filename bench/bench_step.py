@@ -24,13 +24,19 @@ the stable figure.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from bench.devices import bench_devices, synchronize
+from bench.devices import bench_devices, release_host_memory, synchronize
 from bench.dispatch_count import DispatchCounter
 from bench.released_algorithm import build_reference, released_batch, released_step
 from bench.released_optim import build_loop_optimizer
@@ -40,6 +46,7 @@ from model.network import MSC
 from model.optim import build_optimizer
 from tests.model.batch_factory import make_batch
 
+ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = 5
 FEATURE_DIM = 768
 LR = 1e-4
@@ -88,35 +95,54 @@ def _seconds(step, device: torch.device) -> float:
 
 def compare_steps(videos: int, threads: int, rounds: int, device: torch.device) -> dict:
     """Interleaved step times {"ours": [s], "released": [s]} after one warm-up step each, with
-    `threads` intra-op threads (restored afterwards)."""
+    `threads` intra-op threads (restored afterwards); freed host memory is handed back after
+    every step, outside the timed span."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        ours, released = _setup(videos, device)
-        ours(), released()
-        times = {"ours": [], "released": []}
-        for _ in range(rounds):
-            times["ours"].append(_seconds(ours, device))
-            times["released"].append(_seconds(released, device))
+        steps = dict(zip(("ours", "released"), _setup(videos, device), strict=True))
+        times = {name: [] for name in steps}
+        for round_index in range(rounds + 1):
+            for name, step in steps.items():
+                seconds = _seconds(step, device)
+                release_host_memory()
+                if round_index > 0:
+                    times[name].append(seconds)
     finally:
         torch.set_num_threads(previous)
     return times
 
 
-def count_steps(videos: int, device: torch.device) -> dict[str, DispatchCounter]:
-    """ATen ops and host reads of one step of each side, after a warm-up step, on one thread."""
+def count_steps(videos: int, device: torch.device) -> dict[str, dict]:
+    """ATen ops and host reads of one step of each side, after a warm-up step, on one thread:
+    {side: {"aten_ops": n, "reads": {kind: n}}}."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         counts = {}
         for name, step in zip(("ours", "released"), _setup(videos, device), strict=True):
             step()
+            release_host_memory()
             with DispatchCounter() as counter:
                 step()
-            counts[name] = counter
+            release_host_memory()
+            counts[name] = {"aten_ops": counter.aten_ops, "reads": dict(counter.reads)}
     finally:
         torch.set_num_threads(previous)
     return counts
+
+
+def _in_subprocess(arguments: list[str]) -> dict | str:
+    """Run this module's worker (`python -m bench.bench_step ...`) in a fresh process, so every
+    setting starts with an empty heap; returns its JSON answer, or a one-line failure reason."""
+    command = [sys.executable, "-m", "bench.bench_step", *arguments]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode == 0:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    if result.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        return "killed (SIGKILL: out of memory?)"
+    tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return f"exit {result.returncode}: {tail}"
 
 
 def _row(name, value, unit, note, target=None, ok=None) -> dict:
@@ -125,17 +151,24 @@ def _row(name, value, unit, note, target=None, ok=None) -> dict:
 
 def _timing_rows(videos: int, threads: int, rounds: int, device: torch.device, suffix: str,
                  where: str) -> list[dict]:
-    """step_ms, released step_ms and their ratio for one (B, threads) setting."""
-    times = compare_steps(videos, threads, rounds, device)
+    """step_ms, released step_ms and their ratio for one (B, threads) setting, measured in a
+    fresh process."""
+    tag = f"b{videos}_t{threads}{suffix}"
+    times = _in_subprocess(["--compare", str(videos), str(threads), str(rounds),
+                            "--device", device.type])
+    if isinstance(times, str):
+        names = [f"step_ms_{tag}", f"released_algorithm_step_ms_{tag}",
+                 f"step_vs_released_algorithm_{tag}"]
+        return _failed_rows(names, f"B={videos}, {threads} thread(s), {where}: {times}")
     ours_ms = statistics.median(times["ours"]) * 1e3
     released_ms = statistics.median(times["released"]) * 1e3
     ratio = statistics.median(o / r for o, r in zip(times["ours"], times["released"], strict=True))
-    tag = f"b{videos}_t{threads}{suffix}"
     setting = (f"B={videos} videos x {CAPTIONS} captions, 768-d features, D=384, 4 heads, train "
                f"mode, {threads} thread(s), {where}; median of {rounds} interleaved rounds after a "
                f"warm-up")
     return [
-        _row(f"step_ms_{tag}", ours_ms, "ms", "forward + all losses + backward + BertAdam; " + setting),
+        _row(f"step_ms_{tag}", ours_ms, "ms",
+             "forward + all losses + backward + BertAdam; " + setting),
         _row(f"released_algorithm_step_ms_{tag}", released_ms, "ms",
              "the released code's algorithm (per-branch network, loop losses, per-parameter "
              "optimiser); " + setting),
@@ -145,28 +178,47 @@ def _timing_rows(videos: int, threads: int, rounds: int, device: torch.device, s
     ]
 
 
+def _count_rows_at(videos: int, counts: dict, ours_small: int | None, small: int, suffix: str,
+                   where: str) -> list[dict]:
+    """The four count rows of one batch size; `ours_small` is our op count at the smaller
+    size (None at the smaller size itself), the B-independence target of the larger one."""
+    ours, released = counts["ours"], counts["released"]
+    ours_reads, released_reads = sum(ours["reads"].values()), sum(released["reads"].values())
+    steady = None if ours_small is None else ours["aten_ops"] == ours_small
+    return [
+        _row(f"aten_ops_per_step_b{videos}{suffix}", ours["aten_ops"], "ops",
+             f"ours: ATen ops of one full step (forward, losses, backward, optimiser), {where}",
+             None if ours_small is None else f"= b{small}", steady),
+        _row(f"host_reads_per_step_b{videos}{suffix}", ours_reads, "reads",
+             f"ours: host reads of one full step {ours['reads']}, {where}", "0", ours_reads == 0),
+        _row(f"released_algorithm_aten_ops_per_step_b{videos}{suffix}", released["aten_ops"], "ops",
+             f"released algorithm: ATen ops of one full step, {where}"),
+        _row(f"released_algorithm_host_reads_per_step_b{videos}{suffix}", released_reads, "reads",
+             f"released algorithm: host reads of one full step {released['reads']}, {where}"),
+    ]
+
+
 def _count_rows(sizes: tuple, device: torch.device, suffix: str, where: str) -> list[dict]:
-    """ATen-op and host-read counts of one step, both sides, at each batch size."""
-    counts = {videos: count_steps(videos, device) for videos in sizes}
-    small, large = sizes
-    rows = []
-    for videos, by_side in counts.items():
-        ours, released = by_side["ours"], by_side["released"]
-        steady = videos == large and ours.aten_ops == counts[small]["ours"].aten_ops
-        rows += [
-            _row(f"aten_ops_per_step_b{videos}{suffix}", ours.aten_ops, "ops",
-                 f"ours: ATen ops of one full step (forward, losses, backward, optimiser), {where}",
-                 f"= b{small}" if videos == large else None, steady if videos == large else None),
-            _row(f"host_reads_per_step_b{videos}{suffix}", ours.host_reads, "reads",
-                 f"ours: host reads of one full step {dict(ours.reads)}, {where}", "0",
-                 ours.host_reads == 0),
-            _row(f"released_algorithm_aten_ops_per_step_b{videos}{suffix}", released.aten_ops, "ops",
-                 f"released algorithm: ATen ops of one full step, {where}"),
-            _row(f"released_algorithm_host_reads_per_step_b{videos}{suffix}", released.host_reads,
-                 "reads", f"released algorithm: host reads of one full step {dict(released.reads)}, "
-                 f"{where}"),
-        ]
+    """ATen-op and host-read counts of one step, both sides, at the two batch sizes, each size
+    counted in a fresh process."""
+    small, _ = sizes
+    rows, ours_small = [], None
+    for videos in sizes:
+        counts = _in_subprocess(["--count", str(videos), "--device", device.type])
+        if isinstance(counts, str):
+            rows += _failed_rows([f"{prefix}_per_step_b{videos}{suffix}" for prefix in (
+                "aten_ops", "host_reads", "released_algorithm_aten_ops",
+                "released_algorithm_host_reads")], f"B={videos}, {where}: {counts}")
+            continue
+        rows += _count_rows_at(videos, counts, ours_small, small, suffix, where)
+        if videos == small:
+            ours_small = counts["ours"]["aten_ops"]
     return rows
+
+
+def _failed_rows(names: list[str], reason: str) -> list[dict]:
+    """Rows for a setting whose worker process failed: value "failed", the reason in the note."""
+    return [_row(name, "failed", "", reason, ok=False) for name in names]
 
 
 def run(quick: bool) -> list[dict]:
@@ -180,3 +232,25 @@ def run(quick: bool) -> list[dict]:
                 rows += _timing_rows(videos, threads, plan["rounds"], device, suffix, where)
         rows += _count_rows(plan["count_sizes"], device, suffix, where)
     return rows
+
+
+def main() -> int:
+    """Worker entry point of `_in_subprocess`: one setting, its JSON answer on the last line."""
+    parser = argparse.ArgumentParser(description="one bench_step setting (used by run)")
+    parser.add_argument("--compare", nargs=3, type=int, metavar=("VIDEOS", "THREADS", "ROUNDS"))
+    parser.add_argument("--count", type=int, metavar="VIDEOS")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.compare:
+        answer = compare_steps(*args.compare, device=device)
+    elif args.count:
+        answer = count_steps(args.count, device)
+    else:
+        parser.error("give --compare VIDEOS THREADS ROUNDS or --count VIDEOS")
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

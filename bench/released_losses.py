@@ -34,7 +34,8 @@ def group_queries(labels: list[int]) -> dict[int, list[int]]:
     return groups
 
 
-def video_nce(scores: torch.Tensor, labels: list[int], groups: dict[int, list[int]]) -> torch.Tensor:
+def video_nce(scores: torch.Tensor, labels: list[int],
+              groups: dict[int, list[int]]) -> torch.Tensor:
     """Video NCE on raw scores [Q, B]: t2v batched, v2t one video at a time into zero buffers."""
     queries, videos = scores.shape
     rows = torch.arange(queries, device=scores.device)
@@ -223,7 +224,8 @@ def _video_alignment(frames: torch.Tensor, segments: torch.Tensor,
                      frame_labels: torch.Tensor) -> torch.Tensor:
     """Frame->segment + segment->frame contrastive terms of one video: frames [L, D],
     segments [K, D], frame_labels [L] in 0..K-1."""
-    own = frame_labels.unsqueeze(1) == torch.arange(segments.shape[0], device=frames.device)  # [L, K]
+    segment_ids = torch.arange(segments.shape[0], device=frames.device)  # [K]
+    own = frame_labels.unsqueeze(1) == segment_ids  # [L, K]
     other = ~own
     sim = frames @ segments.detach().t()  # [L, K]
     sim = torch.exp(sim - sim.max(dim=1, keepdim=True)[0].detach())

@@ -30,7 +30,8 @@ def gaussian_weight(length: int, width: float, device: torch.device) -> torch.Te
     centres = (torch.arange(length, device=device) / length).unsqueeze(-1)  # [L, 1]
     sigma = (width * torch.ones(length, device=device)).unsqueeze(-1).clamp(PRIOR_MIN_WIDTH) / 9
     positions = torch.linspace(0, 1, length).view(1, -1).expand(length, -1).to(device)  # [L, L]
-    density = torch.exp(-(positions - centres) ** 2 / (2 * sigma ** 2)) / (sigma * math.sqrt(2 * math.pi))
+    scale = sigma * math.sqrt(2 * math.pi)  # [L, 1]
+    density = torch.exp(-(positions - centres) ** 2 / (2 * sigma ** 2)) / scale
     return density / density.max(dim=-1, keepdim=True)[0]
 
 
@@ -46,9 +47,10 @@ def _attend(attention, queries, keys, mask, width, sizes) -> torch.Tensor:
     query = _split_heads(attention.query(queries), attention.heads)
     key = _split_heads(attention.key(keys), attention.heads)
     value = _split_heads(attention.value(keys), attention.heads)
-    logits = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])  # [B, H, Lq, L]
+    logits = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])  # [B,H,Lq,L]
     if width is not None:
-        logits = logits * gaussian_weight(logits.shape[-1], width, logits.device).unsqueeze(0).unsqueeze(0)
+        prior = gaussian_weight(logits.shape[-1], width, logits.device)  # [L, L]
+        logits = logits * prior.unsqueeze(0).unsqueeze(0)
     if mask is not None:
         logits = logits + (1 - mask.unsqueeze(1)) * MASK_PENALTY
     if sizes is not None:

@@ -91,7 +91,8 @@ def test_released_ops_loops_equal_the_batched_ops():
 def test_our_step_reads_the_host_never_and_the_released_step_often():
     cfg, model, reference, batch = _setup(videos=4)
     model.train(), reference.train()
-    optimizer, loop_optimizer = build_optimizer(model, lr=1e-3), build_loop_optimizer(reference, lr=1e-3)
+    optimizer = build_optimizer(model, lr=1e-3)
+    loop_optimizer = build_loop_optimizer(reference, lr=1e-3)
     loop_batch = released_batch(batch)
     with DispatchCounter() as our_counts:
         our_step(model, cfg, optimizer, batch)

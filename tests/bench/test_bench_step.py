@@ -1,0 +1,26 @@
+"""bench_step's row building: count rows, targets, and failed worker processes."""
+from __future__ import annotations
+
+from bench.bench_step import _count_rows_at, _failed_rows, _in_subprocess
+
+COUNTS = {"ours": {"aten_ops": 3000, "reads": {}},
+          "released": {"aten_ops": 20000, "reads": {"_local_scalar_dense": 900, "nonzero": 100}}}
+
+
+def test_count_rows_carry_the_targets():
+    small = {row["name"]: row for row in _count_rows_at(8, COUNTS, None, 8, "", "CPU")}
+    assert small["aten_ops_per_step_b8"]["ok"] is None
+    assert small["host_reads_per_step_b8"]["value"] == 0
+    assert small["host_reads_per_step_b8"]["ok"] is True
+    assert small["released_algorithm_host_reads_per_step_b8"]["value"] == 1000
+    large = {row["name"]: row for row in _count_rows_at(64, COUNTS, 2999, 8, "_cuda", "GPU")}
+    assert large["aten_ops_per_step_b64_cuda"]["target"] == "= b8"
+    assert large["aten_ops_per_step_b64_cuda"]["ok"] is False
+
+
+def test_a_failed_worker_becomes_failed_rows():
+    answer = _in_subprocess(["--count"])
+    assert isinstance(answer, str) and answer.startswith("exit 2:")
+    rows = _failed_rows(["step_ms_b128_t1"], f"B=128: {answer}")
+    assert rows[0]["value"] == "failed" and rows[0]["ok"] is False
+    assert "exit 2" in rows[0]["note"]
