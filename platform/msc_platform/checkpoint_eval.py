@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from msc_platform.allocator import keep_freed_memory
 from msc_platform.config import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -135,6 +136,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, config_path: str | os.PathLi
     cfg = eval_config(loaded, config_path, overrides, data_root)
     target = pick_device(device or cfg.train.device)
     apply_threads(cfg.train.num_threads)
+    keep_freed_memory()
     data = _data_for(loaded, cfg, path)
     evaluation = evaluate(loaded.model.to(target), data, cfg, device=target)
     result = CheckpointEvaluation(path, loaded.format, loaded.sha256, loaded.epoch, cfg,

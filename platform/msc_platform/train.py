@@ -30,6 +30,7 @@ from data_tools.atomic import atomic_copy, atomic_write
 from model.losses import msc_loss
 from model.network import MSC
 from model.optim import build_optimizer, warmup_linear_schedule
+from msc_platform.allocator import keep_freed_memory
 from msc_platform.checkpoint import load_checkpoint, save_checkpoint
 from msc_platform.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from msc_platform.data import TrainingData, prepare_data
@@ -384,6 +385,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
     try:
         device = pick_device(cfg.train.device)
         apply_threads(cfg.train.num_threads)
+        keep_freed_memory()
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         data = prepare_data(cfg)
         tracker.set_tags(_run_tags(cfg, data, device))
