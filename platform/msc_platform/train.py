@@ -89,7 +89,7 @@ class _State:
 
 
 
-def _forward_loss(model: MSC, batch: dict[str, torch.Tensor],
+def forward_loss(model: MSC, batch: dict[str, torch.Tensor],
                   hard_negatives: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Encode the batch and compute every loss term: (total, terms)."""
     return msc_loss(model.cfg, model(batch), batch, model, hard_negatives=hard_negatives)
@@ -152,9 +152,9 @@ class Trainer:
         total_steps = cfg.train.epochs * self.steps_per_epoch
         self.scheduler = warmup_linear_schedule(self.optimizer, total_steps, cfg.train.warmup)
         self.state = _State()
-        self.forward_loss = _forward_loss
+        self.forward_loss = forward_loss
         if cfg.train.compile:
-            self.forward_loss = torch.compile(_forward_loss, backend=cfg.train.compile_backend)
+            self.forward_loss = torch.compile(forward_loss, backend=cfg.train.compile_backend)
 
     def load(self, checkpoint: dict) -> None:
         """Restore model, optimiser, schedule, counters and RNG states from a checkpoint."""
