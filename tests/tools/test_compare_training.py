@@ -47,7 +47,7 @@ def test_project_side_prints_a_curve(tmp_path):
 
 
 def test_running_the_released_side_needs_its_source(tmp_path):
-    result = run_script("--seeds", "1", "--data-root", str(tmp_path), timeout=60)
+    result = run_script("--seeds", "1", "--data-root", str(tmp_path), timeout=300)
     assert result.returncode == 2
     assert "--released-src is needed" in result.stderr
 

@@ -271,7 +271,9 @@ def main(argv=None) -> None:
     print("\nvalidation SumR by epoch\n" + curve_table(curves, args.epochs))
     print(summary_text(summary, len(args.seeds)))
     if args.json:
-        record = {"released_commit": RELEASED_COMMIT, "preset": args.preset, "hidden": args.hidden,
+        from msc_platform.tracking import git_state
+        record = {"released_commit": RELEASED_COMMIT, "project_git": git_state(),
+                  "preset": args.preset, "hidden": args.hidden,
                   "heads": args.heads, "epochs": args.epochs, "seeds": args.seeds,
                   "curves": {code: {str(s): v for s, v in by_seed.items()}
                              for code, by_seed in curves.items()},

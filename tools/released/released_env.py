@@ -15,9 +15,6 @@ import sys
 import types
 from pathlib import Path
 
-import torch
-from torch import nn
-
 RELEASED_REPO = "admins97/MSC_PRVR"
 RELEASED_COMMIT = "0b3e3d108ee08eaa336e21d93ba44103f27f2efc"
 MARKER_FILES = ("Models/MSC/model.py", "Losses/loss.py", "Opts/optimization.py", "main.py")
@@ -66,10 +63,12 @@ def _keep_on_cpu(obj, *_args, **_kwargs):
 
 def neutralise_cuda() -> bool:
     """Make `.cuda()` a no-op on tensors and modules when CUDA is unavailable; True if patched."""
+    import torch
+
     if torch.cuda.is_available():
         return False
     torch.Tensor.cuda = _keep_on_cpu
-    nn.Module.cuda = _keep_on_cpu
+    torch.nn.Module.cuda = _keep_on_cpu
     return True
 
 
