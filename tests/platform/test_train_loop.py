@@ -104,9 +104,21 @@ def test_compiled_step_does_not_recompile_per_batch(tiny_config):
     assert graphs <= 3  # the first compile and at most 2 recompilations (then dynamic shapes)
 
 
+def _update_cosine(got: dict, want: dict, start: dict) -> float:
+    """Cosine between the two runs' weight changes from `start`, over all parameters."""
+    deltas = [torch.cat([(run[key] - start[key]).flatten().double() for key in start])
+              for run in (got, want)]
+    return float(torch.nn.functional.cosine_similarity(deltas[0], deltas[1], dim=0))
+
+
 @pytest.mark.slow
 def test_bf16_step_stays_close_to_fp32(tiny_config):
-    fp32 = _three_steps(_deterministic(tiny_config))
+    cfg = _deterministic(tiny_config)
+    start = {k: v.detach().clone() for k, v in _trainer(cfg).model.state_dict().items()}
+    fp32 = _three_steps(cfg)
     bf16 = _three_steps(_deterministic(tiny_config, **{"train.bf16": True}))
-    assert all(torch.isfinite(torch.tensor(bf16[0])))
-    _assert_same_training(bf16, fp32, rtol=5e-2, atol=5e-3)
+    # bf16 matmuls round to 8 bits of mantissa: the losses agree to ~1%, and the three updates
+    # point the same way (an update of Adam is about lr per weight whatever the gradient's
+    # size, so small gradients whose sign flips under rounding move single weights apart)
+    torch.testing.assert_close(torch.tensor(bf16[0]), torch.tensor(fp32[0]), rtol=3e-2, atol=0)
+    assert _update_cosine(bf16[1], fp32[1], start) > 0.9
