@@ -26,6 +26,7 @@ SECTIONS = (
     "bench.bench_ops",
     "bench.bench_model",
     "bench.bench_step",
+    "bench.bench_accel",
     "bench.bench_data",
     "bench.bench_eval",
     "bench.bench_sweep",
