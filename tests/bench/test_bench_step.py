@@ -1,7 +1,15 @@
 """bench_step's row building: count rows, targets, and failed worker processes."""
 from __future__ import annotations
 
-from bench.bench_step import _count_rows_at, _failed_rows, _in_subprocess
+import torch
+
+from bench.bench_step import (
+    _count_rows_at,
+    _failed_rows,
+    _in_subprocess,
+    available_gib,
+    memory_shortfall,
+)
 
 COUNTS = {"ours": {"aten_ops": 3000, "reads": {}},
           "released": {"aten_ops": 20000, "reads": {"_local_scalar_dense": 900, "nonzero": 100}}}
@@ -24,3 +32,11 @@ def test_a_failed_worker_becomes_failed_rows():
     rows = _failed_rows(["step_ms_b128_t1"], f"B=128: {answer}")
     assert rows[0]["value"] == "failed" and rows[0]["ok"] is False
     assert "exit 2" in rows[0]["note"]
+
+
+def test_a_step_too_large_for_the_free_memory_is_skipped():
+    free = available_gib()
+    assert free is not None and free > 0
+    assert memory_shortfall(1, torch.device("cpu")) is None
+    reason = memory_shortfall(100_000, torch.device("cpu"))
+    assert reason.startswith("skipped: a step needs about 13500 GiB of RAM")
