@@ -42,6 +42,7 @@ def test_project_side_prints_a_curve(tmp_path):
     assert re.search(r"^\| 3 \| this project \| \d+\.\d \|$", result.stdout, re.MULTILINE), result.stdout
     record = json.loads(out.read_text())
     assert list(record["curves"]) == ["project"]
+    assert len(record["project_git"]["git_commit"]) == 40
     assert len(record["curves"]["project"]["3"]) == 1 and record["curves"]["project"]["3"][0] > 0
     assert (tmp_path / "data" / "tvr" / "FeatureData" / "tvr_clip_L14.h5").is_file()
 

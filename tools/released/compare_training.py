@@ -257,7 +257,10 @@ def main(argv=None) -> None:
         run_released_worker(args)
         return
     import torch
+
+    from msc_platform.tracking import git_state
     torch.set_num_threads(1)
+    project_git = git_state()  # the code this run loads, before anyone changes the tree
     data_root = Path(args.data_root).resolve()
     collection = ensure_data(data_root, args.preset)
     print(f"data: {collection.dir} (synthetic preset {args.preset!r}, 768-d TVR layout)", flush=True)
@@ -271,8 +274,7 @@ def main(argv=None) -> None:
     print("\nvalidation SumR by epoch\n" + curve_table(curves, args.epochs))
     print(summary_text(summary, len(args.seeds)))
     if args.json:
-        from msc_platform.tracking import git_state
-        record = {"released_commit": RELEASED_COMMIT, "project_git": git_state(),
+        record = {"released_commit": RELEASED_COMMIT, "project_git": project_git,
                   "preset": args.preset, "hidden": args.hidden,
                   "heads": args.heads, "epochs": args.epochs, "seeds": args.seeds,
                   "curves": {code: {str(s): v for s, v in by_seed.items()}
