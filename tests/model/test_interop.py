@@ -2,8 +2,6 @@
 conversion round trips; released checkpoints load; bad checkpoints get clear errors."""
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -159,14 +157,9 @@ def test_load_authors_checkpoint_gives_the_model_and_config(tmp_path):
 
 
 def test_a_checkpoint_with_the_released_optimiser_schedule_and_data_parallel_keys_loads(
-        tmp_path, monkeypatch):
+        tmp_path, released_schedule):
     """The released optimizer state pickles its schedule object (Opts.optimization classes)."""
-    module = types.ModuleType("Opts.optimization")
-    module.WarmupLinearSchedule = type("WarmupLinearSchedule", (), {"__module__": module.__name__})
-    monkeypatch.setitem(sys.modules, "Opts", types.ModuleType("Opts"))
-    monkeypatch.setitem(sys.modules, "Opts.optimization", module)
-    schedule = module.WarmupLinearSchedule()
-    schedule.warmup, schedule.t_total = 0.01, 1000.0
+    schedule = released_schedule
     reference = _reference(seed=12)
     optimizer = {"state": {}, "param_groups": [{"lr": 3e-4, "schedule": schedule,
                                                 "params": [0, 1]}]}

@@ -1,7 +1,6 @@
 """Chunked evaluation equals the plain full-matrix computation; `msc eval` on a checkpoint."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import pandas as pd
@@ -12,7 +11,6 @@ from model.config import MSCConfig
 from model.metrics import recall_at_k
 from model.network import MSC, fused_scores, similarity
 from msc_platform.checkpoint import save_checkpoint
-from msc_platform.commands.train import register
 from msc_platform.config import to_dict
 from msc_platform.data import prepare_data
 from msc_platform.evaluate import (
@@ -24,23 +22,7 @@ from msc_platform.evaluate import (
     evaluate_loaders,
     rank_chunks,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the tiny config asks (the CPU is shared); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def msc(argv: list[str]) -> int:
-    """`msc <argv>` with only the train/eval commands registered (no Ray import)."""
-    parser = argparse.ArgumentParser(prog="msc")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+from tests.platform.train_cli import msc, one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture

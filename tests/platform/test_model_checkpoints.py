@@ -6,11 +6,8 @@ object) from the project's weights through model.interop.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
-import types
 from pathlib import Path
 
 import mlflow
@@ -22,30 +19,13 @@ from mlflow.tracking import MlflowClient
 from model.interop import authors_config, load_authors_checkpoint, to_authors_state_dict
 from model.network import MSC
 from msc_platform.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from msc_platform.commands.train import register
 from msc_platform.config import apply_overrides, from_dict, to_dict, to_yaml
 from msc_platform.run_records import collect_runs
 from msc_platform.train import train
+from tests.platform.train_cli import msc, one_thread  # noqa: F401 (autouse fixture)
 
 RECALLS = ("R@1", "R@5", "R@10", "R@100", "SumR")
 RECALL_KEYS = [f"{branch}{name}" for branch in ("", "clip/", "frame/") for name in RECALLS]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the tiny config asks (the CPU is shared); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def msc(argv: list[str]) -> int:
-    """`msc <argv>` with only the train/eval/export commands registered."""
-    parser = argparse.ArgumentParser(prog="msc")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def random_model(cfg, seed: int) -> MSC:
@@ -56,18 +36,6 @@ def random_model(cfg, seed: int) -> MSC:
 def save_project(model: MSC, cfg, path: Path, epoch: int = 3) -> Path:
     return save_checkpoint({"model": model.state_dict(), "config": to_dict(cfg), "epoch": epoch},
                            path)
-
-
-@pytest.fixture
-def released_schedule(monkeypatch):
-    """An object of the released optimiser's schedule class, as its best.ckpt pickles one."""
-    module = types.ModuleType("Opts.optimization")
-    module.WarmupLinearSchedule = type("WarmupLinearSchedule", (), {"__module__": module.__name__})
-    monkeypatch.setitem(sys.modules, "Opts", types.ModuleType("Opts"))
-    monkeypatch.setitem(sys.modules, "Opts.optimization", module)
-    schedule = module.WarmupLinearSchedule()
-    schedule.warmup, schedule.t_total = 0.01, 1000.0
-    return schedule
 
 
 def save_released(model: MSC, cfg, path: Path, schedule=None, epoch: int = 7) -> Path:
