@@ -11,7 +11,7 @@ Rows:
 - `best_accelerated_vs_released_algorithm`: the fastest accelerated step over the released
   code's algorithm (bench/released_algorithm.py, the same weights and batch), timed in the same
   rounds; target <= 0.5.
-The process keeps freed memory for reuse (msc_platform.allocator), as `msc train` does, for
+The process keeps freed memory for reuse (msc_platform.run.runtime), as `msc train` does, for
 every path alike.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from bench.released_optim import build_loop_optimizer
 from model.config import MSCConfig
 from model.network import MSC
 from model.optim import build_optimizer
-from msc_platform.allocator import keep_freed_memory
-from msc_platform.evaluate import autocast
-from msc_platform.train import forward_loss
+from msc_platform.run.evaluate import autocast
+from msc_platform.run.runtime import keep_freed_memory
+from msc_platform.run.train import forward_loss
 from tests.model.batch_factory import make_batch
 
 PAPER_PARAMS = 30_660_640

@@ -35,7 +35,7 @@ def _row(name, value, unit, target=None, ok=None, note=""):
 def eval_at_scale(queries: int, videos: int, hidden: int = 384, chunk: int = 256) -> dict:
     """Time chunked ranking + diagnostics on random encoded features; returns seconds and RSS."""
     from model.config import MSCConfig
-    from msc_platform.evaluate import (
+    from msc_platform.run.evaluate import (
         EncodedQueries,
         EncodedVideos,
         diagnostics,
@@ -72,7 +72,7 @@ def _eval_in_child(sizes: dict) -> dict:
 def encode_throughput(videos: int) -> float:
     """Videos per second through the paper-size TVR video encoders (clips + frames), CPU."""
     from model.network import MSC
-    from msc_platform.config import load_config
+    from msc_platform.run.config import load_config
 
     cfg = load_config(CONFIGS / "tvr.yaml")
     model = MSC(cfg.model).eval()
@@ -88,9 +88,9 @@ def encode_throughput(videos: int) -> float:
 
 def train_throughput(quick: bool) -> tuple[float, float]:
     """(videos/s of one training epoch, its seconds) on synthetic.yaml (tiny preset when quick)."""
-    from msc_platform.config import load_config
-    from msc_platform.data import prepare_data
-    from msc_platform.train import train
+    from msc_platform.run.config import load_config
+    from msc_platform.run.data import prepare_data
+    from msc_platform.run.train import train
 
     overrides = ["train.epochs=1", "train.progress=false", "tracking.enabled=false"]
     with tempfile.TemporaryDirectory() as out:

@@ -18,10 +18,10 @@ import torch
 import yaml
 
 from data_tools.synth import PRESETS, synthesize
-from msc_platform.config import apply_overrides
-from msc_platform.sweep import load_sweep_spec, run_sweep
-from msc_platform.sweep_spec import trial_config
-from msc_platform.train import train
+from msc_platform.run.config import apply_overrides
+from msc_platform.run.train import train
+from msc_platform.sweeps.runner import load_sweep_spec, run_sweep
+from msc_platform.sweeps.spec import trial_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_CONFIG = REPO_ROOT / "experiments" / "configs" / "synthetic.yaml"

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from data_tools.synth import PRESETS, synthesize
-from msc_platform.config import DATA_ROOT_ENV, load_config
+from msc_platform.run.config import DATA_ROOT_ENV, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC_CONFIG = REPO_ROOT / "experiments" / "configs" / "synthetic.yaml"

@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from msc_platform.tracking import get_or_create_experiment
+from msc_platform.run.tracking import get_or_create_experiment
 
 RECALLS = ("R@1", "R@5", "R@10", "R@100", "SumR")
 _TEMPLATE: list[Path] = []  # one migrated, empty SQLite store per test process

@@ -1,12 +1,10 @@
 """`msc train/eval/export` run in-process, and one torch thread, for the checkpoint CLI tests."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
-from msc_platform.commands.train import register
+from msc_platform.cli.main import main
 
 
 @pytest.fixture(autouse=True)
@@ -19,8 +17,6 @@ def one_thread():
 
 
 def msc(argv: list[str]) -> int:
-    """`msc <argv>` with only the train/eval/export commands registered (no Ray import)."""
-    parser = argparse.ArgumentParser(prog="msc")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """`msc <argv>` in this process, through the real entry point (which imports only the chosen
+    command's module, so no Ray for train/eval/export)."""
+    return main(argv)

@@ -14,7 +14,7 @@ seed and num_workers 0. Its TVR loader reads query-timestamp files at a fixed ab
 (tvr_{train,val}_release.jsonl); the worker writes stand-ins for them from the caption files and
 points the loader there (the timestamps are not used by the model or the losses).
 
-Project side: msc_platform.train.train with experiments/configs/tvr_released.yaml (the same
+Project side: msc_platform.run.train.train with experiments/configs/tvr_released.yaml (the same
 hyperparameters) at the same hidden size, epochs and seed, on CPU, tracking off.
 
     python tools/released/compare_training.py --released-src /path/to/MSC_PRVR \\
@@ -181,7 +181,7 @@ def released_curve(args, seed: int) -> list[float]:
 
 def project_config(args, seed: int):
     """tvr_released.yaml at the comparison's size, epochs and seed; CPU, one thread, no MLflow."""
-    from msc_platform.config import load_config
+    from msc_platform.run.config import load_config
     overrides = [f"data.collection={COLLECTION}", "data.synthetic_preset=null", "data.num_workers=0",
                  f"model.hidden={args.hidden}", f"model.heads={args.heads}",
                  f"train.epochs={args.epochs}", f"train.seed={seed}", "train.device=cpu",
@@ -191,7 +191,7 @@ def project_config(args, seed: int):
 
 def project_curve(args, seed: int) -> list[float]:
     """Train this project for `seed`; returns the validation SumR of every epoch."""
-    from msc_platform.train import train
+    from msc_platform.run.train import train
     curve: list[float] = []
 
     def record(report) -> None:
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
         return
     import torch
 
-    from msc_platform.tracking import git_state
+    from msc_platform.run.tracking import git_state
     torch.set_num_threads(1)
     project_git = git_state()  # the code this run loads, before anyone changes the tree
     data_root = Path(args.data_root).resolve()

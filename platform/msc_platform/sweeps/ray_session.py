@@ -1,0 +1,104 @@
+"""Connecting the driver to Ray: a local instance it starts itself, or an existing cluster.
+
+Without an address (and without $RAY_ADDRESS) the driver starts a local Ray bound to the loopback
+address $MSC_RAY_NODE_IP (default 127.0.0.2: Ray rewrites 127.0.0.1 to the machine's network
+address). With an address it joins that cluster and ships the project's packages to the workers
+in the runtime environment (`py_modules`), so workers need only the dependencies installed.
+
+Authentication: Ray (>= 2.59) sends its token only when $RAY_AUTH_MODE is `token`, and a driver
+given an explicit address never turns that on by itself. When $RAY_AUTH_MODE is unset and the
+address is the local cluster that `make cluster-up` recorded in runs/cluster/cluster.json, the
+driver takes that cluster's mode from the record (`adopt_local_cluster_auth`). On any other
+cluster the user exports RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, as Ray documents.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import ray
+from ray._raylet import Config as RayConfig
+
+from msc_platform.cluster.local import DEFAULT_STATE_DIR, STATE_FILE, recorded_auth_mode
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+NODE_IP_ENV = "MSC_RAY_NODE_IP"
+DEFAULT_NODE_IP = "127.0.0.2"
+CODE_EXCLUDES = ["__pycache__", "*.pyc"]
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The cluster to join: `address`, else $RAY_ADDRESS, else None (start a local instance)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def code_runtime_env() -> dict:
+    """A runtime environment that carries `model`, `data_tools` and `msc_platform` to every worker."""
+    import data_tools
+    import model
+    import msc_platform
+
+    folders = [str(Path(package.__file__).resolve().parent)
+               for package in (model, data_tools, msc_platform)]
+    return {"py_modules": folders, "excludes": CODE_EXCLUDES}
+
+
+def adopt_local_cluster_auth(address: str) -> str | None:
+    """Use the recorded auth mode of the local cluster at `address` when $RAY_AUTH_MODE is unset.
+
+    Sets $RAY_AUTH_MODE for this process (and its children) and has Ray re-read its settings,
+    which it caches when imported, as Ray itself does when it turns token mode on. Returns the
+    mode adopted, or None when nothing changed. Raises ClusterError on an unreadable record.
+    """
+    if os.environ.get(AUTH_MODE_ENV):
+        return None
+    mode = recorded_auth_mode(address)
+    if mode is None:
+        return None
+    os.environ[AUTH_MODE_ENV] = mode
+    RayConfig.initialize("")
+    print(f"note: {address} is the cluster `make cluster-up` started "
+          f"({DEFAULT_STATE_DIR / STATE_FILE}); joining it with {AUTH_MODE_ENV}={mode}",
+          file=sys.stderr)
+    return mode
+
+
+def _join(address: str) -> None:
+    """Connect to the cluster at `address`; raises ConnectionError, with a hint about token
+    authentication when this driver sends no token."""
+    adopt_local_cluster_auth(address)
+    try:
+        ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=True)
+    except ConnectionError as err:
+        if os.environ.get(AUTH_MODE_ENV, "").lower() == "token":
+            raise
+        raise ConnectionError(f"{err}. If it uses token authentication (Ray's default), export "
+                              f"{AUTH_MODE_ENV}=token and RAY_AUTH_TOKEN=<its token>, or run from "
+                              "the clone whose `make cluster-up` started it") from err
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None,
+                node_ip: str | None = None) -> Iterator[str | None]:
+    """Run the body connected to Ray; yields the cluster address (None for a local instance).
+
+    Reuses a Ray connection that is already open (and leaves it open); otherwise shuts Ray down
+    at the end. Raises ConnectionError (from Ray) when the cluster cannot be reached, and
+    ClusterError when the local cluster record is unreadable.
+    """
+    if ray.is_initialized():
+        yield cluster_address(address)
+        return
+    address = cluster_address(address)
+    if address:
+        _join(address)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False,
+                 _node_ip_address=node_ip or os.environ.get(NODE_IP_ENV, DEFAULT_NODE_IP))
+    try:
+        yield address
+    finally:
+        ray.shutdown()

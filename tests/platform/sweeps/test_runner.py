@@ -1,0 +1,177 @@
+"""Sweeps end to end on a local Ray the driver starts itself: interrupt the driver, resume, finish.
+
+The driver is a real `msc sweep` process (so SIGINT reaches Ray Tune as it would from a shell);
+MLflow is a SQLite store in tmp_path. The helpers here are shared with test_cluster.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from data_tools.synth import PRESETS
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+BASE_CONFIG = REPO_ROOT / "experiments" / "configs" / "synthetic.yaml"
+TINY = PRESETS["tiny"]
+
+
+def write_tiny_spec(path: Path, data_root: Path, name: str, epochs: int, body: dict) -> Path:
+    """A sweep spec over the tiny synthetic set: hidden 32, CPU, `epochs` epochs, plus `body`."""
+    spec = {"name": name, "base_config": str(BASE_CONFIG), "overrides": {
+        "data.root": str(data_root), "data.synthetic_preset": None,
+        "model.text_dim": TINY.text_dim, "model.video_dim": TINY.video_dim,
+        "model.hidden": 32, "model.heads": 2, "model.hard_negative_start": 1,
+        "train.batch_size": 8, "train.epochs": epochs, "train.patience": epochs,
+        "train.device": "cpu", "train.progress": False, "train.lr": 2e-3,
+        "train.eval_query_chunk": 16, "train.eval_video_batch": 16,
+        "tracking.experiment": name, "tracking.log_checkpoint": False},
+        "resources": {"cpu": 1, "gpu": 0}, **body}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def driver_env(tracking_uri: str, **extra: str) -> dict[str, str]:
+    """The driver's environment: this test's MLflow store, no inherited Ray address."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MSC_DATA_ROOT")}
+    env.update({"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}, **extra)
+    return env
+
+
+def start_driver(spec: Path, workdir: Path, env: dict[str, str], *args: str,
+                 log_name: str = "driver.log") -> subprocess.Popen:
+    """Start `msc sweep SPEC --quiet --json outcome.json ARGS` in `workdir`, logging to `log_name`."""
+    log = open(workdir / log_name, "ab")
+    command = [sys.executable, "-m", "msc_platform.cli.main", "sweep", str(spec), "--quiet",
+               "--storage", str(workdir / "ray"), "--json", str(workdir / "outcome.json"), *args]
+    return subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish_driver(proc: subprocess.Popen, workdir: Path, timeout: float,
+                  log_name: str = "driver.log") -> tuple[int, str]:
+    """Wait for the driver; returns (exit code, its log). Kills it on timeout and fails the test."""
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"sweep driver ran over {timeout}s:\n{(workdir / log_name).read_text()[-4000:]}")
+    return code, (workdir / log_name).read_text()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, proc: subprocess.Popen,
+               workdir: Path) -> None:
+    """Poll `condition` until true; fail when the driver exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited ({proc.returncode}) too early:\n"
+                        f"{(workdir / 'driver.log').read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.3)
+
+
+def result_rows(storage: Path) -> list[dict]:
+    """Every per-epoch result Tune wrote for every trial under `storage`."""
+    rows = []
+    for path in storage.glob("*/*/result.json"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a line being written right now
+    return rows
+
+
+def child_runs(client: MlflowClient, experiment: str) -> list:
+    """Every run of `experiment` that is a trial (has a parent)."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return [run for run in client.search_runs([found.experiment_id], max_results=1000)
+            if "mlflow.parentRunId" in run.data.tags]
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, tiny_data_root):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # One trial at a time, 3 epochs each, no early stopping: after the first trial's last epoch
+    # the second one is surely still running when SIGINT arrives.
+    epochs = 3
+    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "resume", epochs=epochs, body={
+        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"},
+        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]}, "model.tcp": {"choice": [True, False]}}})
+    client = MlflowClient(tracking_uri=uri)
+    env = driver_env(uri)
+
+    driver = start_driver(spec, tmp_path, env)
+    last_epoch = lambda: [r for r in result_rows(tmp_path / "ray") if r.get("epoch") == epochs]
+    wait_until(lambda: bool(last_epoch()), 240, driver, tmp_path)
+    driver.send_signal(signal.SIGINT)
+    code, log = finish_driver(driver, tmp_path, 120)
+    assert code == 3, log[-3000:]
+    interrupted = json.loads((tmp_path / "outcome.json").read_text())
+    assert interrupted["interrupted"] is True
+    first = client.get_run(last_epoch()[0]["mlflow_run_id"])
+    assert first.info.status == "FINISHED"
+
+    code, log = finish_driver(start_driver(spec, tmp_path, env, "--resume"), tmp_path, 300)
+    assert code == 0, log[-3000:]
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert not outcome["interrupted"]
+    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 2
+
+    runs = child_runs(client, "resume")
+    trial_ids = sorted(r.data.tags["msc.trial_id"] for r in runs)
+    assert trial_ids == sorted(t["trial_id"] for t in outcome["trials"])  # one run per trial
+    assert all(r.info.status == "FINISHED" for r in runs)
+    again = client.get_run(first.info.run_id)
+    assert again.info.end_time == first.info.end_time  # the finished trial did not run again
+    steps = [m.step for m in client.get_metric_history(first.info.run_id, "loss/total")]
+    assert steps == list(range(epochs))
+    parent = client.get_run(outcome["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["msc.role"] == "sweep-parent"
+    assert parent.data.metrics["trials/terminated"] == 2
+    assert parent.data.metrics["best/SumR"] == max(t["best"] for t in outcome["trials"])
+
+
+@pytest.mark.slow
+def test_search_sweep_with_asha_closes_every_trial_run(tmp_path, tiny_data_root):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "search", epochs=2, body={
+        "num_samples": 3, "max_concurrent_trials": 2, "seed": 3,
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]},
+                  "model.cbva": {"choice": ["adaptive", "off"]}}})
+    code, log = finish_driver(start_driver(spec, tmp_path, driver_env(uri)), tmp_path, 300)
+    assert code == 0, log[-3000:]
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 3
+    for trial in outcome["trials"]:
+        assert 0.6 <= trial["params"]["model.sim_thr"] <= 0.95
+        assert trial["params"]["model.cbva"] in ("adaptive", "off")
+    client = MlflowClient(tracking_uri=uri)
+    runs = child_runs(client, "search")
+    assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
+        t["trial_id"] for t in outcome["trials"])
+    closed = [(r.info.status, "best/SumR" in r.data.metrics, r.data.tags.get("error")) for r in runs]
+    assert all(status == "FINISHED" and has_best for status, has_best, _ in closed), closed
+    for run in runs:  # the full record, even when ASHA's stop tore the worker down mid-logging
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"metrics.json", "ranks.parquet"} <= artifacts, (run.info.run_id, artifacts)
+    best = max(outcome["trials"], key=lambda t: t["best"])
+    assert outcome["best_config"] == best["overrides"]
+    assert outcome["best_metrics"]["best/SumR"] == best["best"]
