@@ -16,10 +16,11 @@ from optuna.distributions import (
 )
 from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
+from msc_platform.names import BEST_SUMR
 from msc_platform.reports.records import RunRecord
 
 MIN_TRIALS = 5
-TARGET_METRIC = "best/SumR"
+TARGET_METRIC = BEST_SUMR
 
 
 def _parse(value: str) -> int | float | str:

@@ -16,13 +16,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from msc_platform.names import BEST_SUMR
 from msc_platform.reports.records import RunRecord
 from msc_platform.reports.tables import is_number
 
 DPI = 100
 PANEL_INCHES = (4.8, 3.6)
 MAX_COLUMNS = 3
-SUMR_METRIC = "best/SumR"
+SUMR_METRIC = BEST_SUMR
 MAX_EPOCH_TICKS = 12  # up to this many epochs, every epoch gets its own tick
 
 

@@ -18,19 +18,23 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from msc_platform.names import (
+    BEST_PREFIX,
+    ERROR_TAG,
+    EVAL_ROLE,
+    PARENT_RUN_TAG,
+    RANKS_ARTIFACT,
+    ROLE_TAG,
+    ROW_TAG,
+    SEED_TAG,
+    STOP_REASON_TAG,
+    SWEEP_PARENT_ROLE,
+    TRIAL_TAG,
+)
+
 RECALL_NAMES = ("R@1", "R@5", "R@10", "R@100", "SumR")
 DIAGNOSTIC_NAMES = ("diffnorm_text", "diffnorm_video", "spearman")
-REQUIRED_METRICS = tuple(f"best/{name}" for name in RECALL_NAMES)
-RANKS_ARTIFACT = "ranks.parquet"
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "msc.role"
-SWEEP_PARENT_ROLE = "sweep-parent"
-EVAL_ROLE = "eval"  # a checkpoint evaluation logged by `msc eval`, not a training run
-ROW_TAG = "msc.row"
-SEED_TAG = "msc.seed"
-TRIAL_TAG = "msc.trial_id"
-ERROR_TAG = "error"
-STOP_REASON_TAG = "stop_reason"  # set by msc_platform.run.train when a run ends before its last epoch
+REQUIRED_METRICS = tuple(f"{BEST_PREFIX}{name}" for name in RECALL_NAMES)
 SEED_PARAM = "train.seed"
 _PAGE_SIZE = 1000
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
@@ -84,7 +88,7 @@ def to_record(run: Run) -> RunRecord:
         run_name=run.info.run_name or run.info.run_id[:8],
         status=run.info.status,
         start_time=run.info.start_time or 0,
-        parent_run_id=tags.get(PARENT_TAG),
+        parent_run_id=tags.get(PARENT_RUN_TAG),
         row=tags.get(ROW_TAG),
         seed=_parse_seed(tags.get(SEED_TAG, params.get(SEED_PARAM))),
         trial_id=tags.get(TRIAL_TAG),
@@ -129,7 +133,7 @@ def collect_runs(client: MlflowClient, experiment: str, parent_run_id: str | Non
         raise RunLookupError(f"MLflow experiment {experiment!r} not found at {client.tracking_uri}")
     if parent_run_id is not None:
         _check_parent(client, parent_run_id, experiment)
-    filter_string = f"tags.`{PARENT_TAG}` = '{parent_run_id}'" if parent_run_id else ""
+    filter_string = f"tags.`{PARENT_RUN_TAG}` = '{parent_run_id}'" if parent_run_id else ""
     runs = _search_all(client, found.experiment_id, filter_string)
     skipped = (SWEEP_PARENT_ROLE, EVAL_ROLE)
     records = [to_record(run) for run in runs if run.data.tags.get(ROLE_TAG) not in skipped]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from msc_platform.names import LOSS_TOTAL, VAL_SUMR
 from msc_platform.reports import plots
 from msc_platform.reports.importance import param_importances
 from msc_platform.reports.records import (
@@ -44,7 +45,7 @@ from msc_platform.reports.tables import (
 )
 
 ARTIFACT_DIR = "tables"
-CURVE_METRICS = ("val/SumR", "loss/total")
+CURVE_METRICS = (VAL_SUMR, LOSS_TOTAL)
 BOOTSTRAP_NOTE = (
     "p: one-sided paired bootstrap over queries ({resamples} resamples, seed {seed}); per query the "
     "SumR contribution sum_K 100·[rank ≤ K] is averaged over seeds, queries are matched by cap_id, "

@@ -22,7 +22,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from msc_platform.reports.records import EVAL_ROLE, ROLE_TAG
+from msc_platform.names import (
+    CHECKPOINT_FORMAT_TAG,
+    CHECKPOINT_SHA256_TAG,
+    CONFIG_ARTIFACT,
+    DATASET_FINGERPRINT_TAG,
+    DATASET_TAG,
+    DEVICE_TAG,
+    EVAL_ROLE,
+    RANKS_ARTIFACT,
+    ROLE_TAG,
+)
 from msc_platform.run.config import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -41,7 +51,6 @@ from msc_platform.run.runtime import apply_threads, keep_freed_memory, pick_devi
 from msc_platform.run.tracking import RunTracker, git_state, package_versions, tracking_uri
 
 EVAL_EXPERIMENT = "msc-eval"
-RANKS_FILE = "ranks.parquet"
 RELEASED_WIDTH_KEYS = "visual_feat_dim (model.video_dim) and q_feat_size (model.text_dim)"
 
 
@@ -91,9 +100,9 @@ def _data_for(loaded: LoadedModel, cfg: ExperimentConfig, path: Path) -> Trainin
 
 def _eval_tags(result: CheckpointEvaluation, data: TrainingData, device: torch.device) -> dict:
     return {**git_state(), **package_versions(), ROLE_TAG: EVAL_ROLE,
-            "checkpoint": str(result.checkpoint), "checkpoint_format": result.format,
-            "checkpoint_sha256": result.sha256, "dataset": result.config.data.collection,
-            "dataset_fingerprint": data.fingerprint, "device": str(device)}
+            "checkpoint": str(result.checkpoint), CHECKPOINT_FORMAT_TAG: result.format,
+            CHECKPOINT_SHA256_TAG: result.sha256, DATASET_TAG: result.config.data.collection,
+            DATASET_FINGERPRINT_TAG: data.fingerprint, DEVICE_TAG: str(device)}
 
 
 def log_evaluation(result: CheckpointEvaluation, data: TrainingData, device: torch.device) -> str:
@@ -107,10 +116,10 @@ def log_evaluation(result: CheckpointEvaluation, data: TrainingData, device: tor
     try:
         tracker.set_tags(_eval_tags(result, data, device))
         tracker.log_params(flatten(cfg))
-        tracker.log_text(to_yaml(cfg), "config.yaml")
+        tracker.log_text(to_yaml(cfg), CONFIG_ARTIFACT)
         tracker.log_metrics(logged_metrics(result.metrics), step=max(result.epoch or 0, 0))
         with tempfile.TemporaryDirectory() as folder:
-            ranks = Path(folder) / RANKS_FILE
+            ranks = Path(folder) / RANKS_ARTIFACT
             result.ranks.to_parquet(ranks, index=False)
             tracker.log_artifact(ranks)
     except BaseException as err:

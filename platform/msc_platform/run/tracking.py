@@ -19,6 +19,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from msc_platform.names import ERROR_TAG, PARENT_RUN_TAG
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PACKAGES = ("torch", "numpy", "mlflow", "ray", "h5py", "msc-platform")
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
@@ -102,7 +104,7 @@ class RunTracker:
         client = MlflowClient(tracking_uri=uri)
         all_tags = dict(tags or {})
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[PARENT_RUN_TAG] = parent_run_id
         if run_id is not None:
             client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
@@ -156,7 +158,7 @@ class RunTracker:
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """End the run with `status` (FINISHED, FAILED or KILLED); `error` becomes tag `error`."""
         if error is not None:
-            self.set_tags({"error": error})
+            self.set_tags({ERROR_TAG: error})
         self.client.set_terminated(self.run_id, status=status)
 
 

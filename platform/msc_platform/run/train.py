@@ -30,6 +30,20 @@ from data_tools.atomic import atomic_copy, atomic_write
 from model.losses import msc_loss
 from model.network import MSC
 from model.optim import build_optimizer, warmup_linear_schedule
+from msc_platform.names import (
+    CHECKPOINTS_DIR,
+    CONFIG_ARTIFACT,
+    DATASET_FINGERPRINT_TAG,
+    DATASET_TAG,
+    DEVICE_TAG,
+    INIT_FROM_FORMAT_TAG,
+    INIT_FROM_SHA256_TAG,
+    INIT_FROM_TAG,
+    LOSS_TOTAL,
+    METRICS_ARTIFACT,
+    RANKS_ARTIFACT,
+    STOP_REASON_TAG,
+)
 from msc_platform.run.checkpoint import load_checkpoint, save_checkpoint
 from msc_platform.run.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from msc_platform.run.data import TrainingData, prepare_data
@@ -52,7 +66,7 @@ from msc_platform.run.tracking import (
     tracking_uri,
 )
 
-LAST, BEST, RANKS = "last.pt", "best.pt", "ranks.parquet"
+LAST, BEST, RANKS = "last.pt", "best.pt", RANKS_ARTIFACT  # the files of a run folder
 BEST_KEYS = ("R@1", "R@5", "R@10", "R@100", "SumR", "clip/SumR", "frame/SumR",
              "diffnorm_text", "diffnorm_video", "spearman")
 
@@ -287,8 +301,8 @@ def _resume_checkpoint(cfg: ExperimentConfig, out_dir: Path, resume: bool,
 
 
 def _run_tags(cfg: ExperimentConfig, data: TrainingData, device: torch.device) -> dict[str, str]:
-    return {**git_state(), **package_versions(), "dataset": cfg.data.collection,
-            "dataset_fingerprint": data.fingerprint, "device": str(device)}
+    return {**git_state(), **package_versions(), DATASET_TAG: cfg.data.collection,
+            DATASET_FINGERPRINT_TAG: data.fingerprint, DEVICE_TAG: str(device)}
 
 
 def _start_from(model: MSC, path: str) -> dict[str, str]:
@@ -297,13 +311,13 @@ def _start_from(model: MSC, path: str) -> dict[str, str]:
     the shapes do not fit."""
     loaded = load_initial_model(model, path)
     model.load_state_dict(loaded.model.state_dict())
-    return {"init_from": path, "init_from_format": loaded.format,
-            "init_from_sha256": loaded.sha256}
+    return {INIT_FROM_TAG: path, INIT_FROM_FORMAT_TAG: loaded.format,
+            INIT_FROM_SHA256_TAG: loaded.sha256}
 
 
 def _relog_missing_epochs(tracker: RunTracker, history: list[dict]) -> None:
     """Log history rows whose epoch the run lacks (a crash between checkpoint and logging)."""
-    logged = tracker.logged_steps("loss/total")
+    logged = tracker.logged_steps(LOSS_TOTAL)
     for epoch, row in enumerate(history):
         if epoch not in logged:
             tracker.log_metrics(row, step=epoch)
@@ -356,11 +370,11 @@ def log_run_record(tracker: RunTracker, best_metrics: dict[str, float], last_epo
     if best_metrics:
         tracker.log_metrics(best_metrics, step=max(last_epoch, 0))
     tracker.log_json({"best": best_metrics, "epochs_run": last_epoch + 1, "history": history},
-                     "metrics.json")
+                     METRICS_ARTIFACT)
     if (folder / RANKS).is_file():
         tracker.log_artifact(folder / RANKS)
     if log_checkpoint and (folder / BEST).is_file():
-        tracker.log_artifact(folder / BEST, "checkpoints")
+        tracker.log_artifact(folder / BEST, CHECKPOINTS_DIR)
 
 
 def _finish(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult:
@@ -403,7 +417,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
         tracker.set_tags(_run_tags(cfg, data, device))
         if not tracker.has_params():
             tracker.log_params(flatten(cfg))
-        tracker.log_text(to_yaml(cfg), "config.yaml")
+        tracker.log_text(to_yaml(cfg), CONFIG_ARTIFACT)
         trainer = Trainer(cfg, data, device)
         if checkpoint is not None:
             trainer.load(checkpoint)
@@ -413,7 +427,7 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
         try:
             _run_epochs(trainer, tracker, out_dir, on_epoch)
         except StopTraining as stop:
-            tracker.set_tags({"stop_reason": str(stop) or "StopTraining from on_epoch"})
+            tracker.set_tags({STOP_REASON_TAG: str(stop) or "StopTraining from on_epoch"})
         return _finish(trainer, tracker, out_dir)
     except Exception as err:
         tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")

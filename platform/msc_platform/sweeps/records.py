@@ -16,13 +16,27 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
+from msc_platform.names import (
+    ABLATION_TAG,
+    BEST_RUN_TAG,
+    BEST_SUMR,
+    BEST_TRIAL_TAG,
+    ROLE_TAG,
+    STOP_REASON_TAG,
+    SWEEP_BASE_CONFIG_ARTIFACT,
+    SWEEP_BEST_ARTIFACT,
+    SWEEP_PARENT_ROLE,
+    SWEEP_SPACE_ARTIFACT,
+    SWEEP_TAG,
+    VAL_SUMR,
+)
 from msc_platform.run.checkpoint import CheckpointError, load_checkpoint
 from msc_platform.run.config import to_yaml
 from msc_platform.run.tracking import RunTracker, tracking_uri
 from msc_platform.run.train import LAST, log_run_record
 from msc_platform.sweeps.spec import SweepSpec
 
-PARENT_ROLE = "sweep-parent"
+PARENT_ROLE = SWEEP_PARENT_ROLE
 
 
 def absolute_tracking_uri(configured: str | None = None) -> str:
@@ -63,16 +77,16 @@ def _parent_params(spec: SweepSpec) -> dict[str, Any]:
 
 def open_parent_run(spec: SweepSpec, uri: str, run_id: str | None = None) -> RunTracker:
     """Create the sweep's parent run (or reopen `run_id` when resuming) and describe the sweep."""
-    tags = {"msc.role": PARENT_ROLE, "msc.sweep": spec.name}
+    tags = {ROLE_TAG: PARENT_ROLE, SWEEP_TAG: spec.name}
     if spec.is_grid:
-        tags["msc.ablation"] = spec.name
+        tags[ABLATION_TAG] = spec.name
     tracker = RunTracker.open(uri, spec.mlflow_experiment, run_id=run_id, run_name=spec.name,
                               tags=tags)
     if run_id is None:
         tracker.log_params(_parent_params(spec))
         tracker.log_text(spec.path.read_text(), f"sweep/{spec.path.name}")
-        tracker.log_text(yaml.safe_dump(_describe_space(spec), sort_keys=False), "sweep/space.yaml")
-        tracker.log_text(to_yaml(spec.base), "sweep/base_config.yaml")
+        tracker.log_text(yaml.safe_dump(_describe_space(spec), sort_keys=False), SWEEP_SPACE_ARTIFACT)
+        tracker.log_text(to_yaml(spec.base), SWEEP_BASE_CONFIG_ARTIFACT)
     return tracker
 
 
@@ -84,8 +98,8 @@ def finish_parent_run(tracker: RunTracker, best: dict[str, Any] | None, counts: 
         scores = {f"best/{k}": float(v) for k, v in best["metrics"].items()
                   if isinstance(v, (int, float)) and math.isfinite(v)}
         tracker.log_metrics(scores, step=0)
-        tracker.set_tags({"best_trial_id": best["trial_id"], "best_run_id": best["run_id"]})
-        tracker.log_json(best, "sweep/best.json")
+        tracker.set_tags({BEST_TRIAL_TAG: best["trial_id"], BEST_RUN_TAG: best["run_id"]})
+        tracker.log_json(best, SWEEP_BEST_ARTIFACT)
     tracker.finish(status)
 
 
@@ -141,13 +155,13 @@ def _stopped_run_of_finished_trial(run, outcome: dict[str, Any]) -> bool:
     """A trial Tune ended normally (TERMINATED) whose run is not FINISHED with scores: the
     scheduler's stop tore the worker down while the trainer was still closing its run."""
     return outcome.get("status") == "TERMINATED" and (
-        run.info.status != "FINISHED" or "best/SumR" not in run.data.metrics)
+        run.info.status != "FINISHED" or BEST_SUMR not in run.data.metrics)
 
 
 def _best_from_history(client: MlflowClient, run) -> dict[str, float]:
     """`best/*` scores rebuilt from the run's own per-epoch `val/*` and `diag/*` history,
     at the epoch with the highest `val/SumR` (the earliest on a tie); {} without history."""
-    sumr = client.get_metric_history(run.info.run_id, "val/SumR")
+    sumr = client.get_metric_history(run.info.run_id, VAL_SUMR)
     if not sumr:
         return {}
     best_epoch = max(sumr, key=lambda m: (m.value, -m.step)).step
@@ -172,7 +186,7 @@ def _settle_one(client: MlflowClient, run, outcome: dict[str, Any]) -> None:
                 tracker.log_metrics(best, step=int(best.get("best_epoch", 0)))
         if "error" in run.data.tags:
             client.delete_tag(run.info.run_id, "error")
-        tracker.set_tags({"stop_reason": "the scheduler stopped the trial; run closed by the sweep driver"})
+        tracker.set_tags({STOP_REASON_TAG: "the scheduler stopped the trial; run closed by the sweep driver"})
         tracker.finish("FINISHED")
     elif status == "ERROR":
         tracker.finish("FAILED", error=outcome.get("error") or "the trial's worker failed")

@@ -24,6 +24,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from msc_platform.names import TRIAL_TAG
 from msc_platform.run.config import apply_overrides
 from msc_platform.run.data import prepare_data
 from msc_platform.run.tracking import RunTracker
@@ -325,5 +326,5 @@ def _conclude(spec: SweepSpec, parent: RunTracker, trials, path: str) -> SweepOu
 
 
 def _runs_by_trial(client: MlflowClient, spec: SweepSpec, parent_run_id: str) -> dict[str, Any]:
-    return {run.data.tags.get("msc.trial_id"): run
+    return {run.data.tags.get(TRIAL_TAG): run
             for run in trial_runs(client, spec.mlflow_experiment, parent_run_id)}

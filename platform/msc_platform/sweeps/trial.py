@@ -25,12 +25,23 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from msc_platform.names import (
+    ABLATION_TAG,
+    LOSS_TOTAL,
+    NODE_ID_TAG,
+    NODE_IP_TAG,
+    ROW_TAG,
+    SEED_TAG,
+    STOP_REASON_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+)
 from msc_platform.run.train import EpochReport, NonFiniteLossError, StopTraining, train
 from msc_platform.sweeps.spec import ROW_KEY, SEED_KEY, SweepSpec, trial_config
 
 NON_FINITE_ERRORS = ("NonFiniteLossError", "NonFiniteMetricError")
 REPORTED = {"SumR": "SumR", "R1": "val/R1", "R5": "val/R5", "R10": "val/R10",
-            "R100": "val/R100", "loss": "loss/total"}
+            "R100": "val/R100", "loss": LOSS_TOTAL}
 RUN_ID_KEY = "mlflow_run_id"
 
 
@@ -51,12 +62,12 @@ def trial_tags(spec: SweepSpec, params: dict[str, Any], trial_id: str) -> dict[s
     """MLflow tags of a trial's child run: msc.sweep, msc.trial_id, the Ray node running it
     (msc.node_id, msc.node_ip; a retry on another node updates them), and msc.ablation /
     msc.row / msc.seed in grid mode."""
-    tags = {"msc.sweep": spec.name, "msc.trial_id": trial_id,
-            "msc.node_id": ray.get_runtime_context().get_node_id(),
-            "msc.node_ip": ray.util.get_node_ip_address()}
+    tags = {SWEEP_TAG: spec.name, TRIAL_TAG: trial_id,
+            NODE_ID_TAG: ray.get_runtime_context().get_node_id(),
+            NODE_IP_TAG: ray.util.get_node_ip_address()}
     if spec.is_grid:
-        tags.update({"msc.ablation": spec.name, "msc.row": str(params[ROW_KEY]),
-                     "msc.seed": str(params[SEED_KEY])})
+        tags.update({ABLATION_TAG: spec.name, ROW_TAG: str(params[ROW_KEY]),
+                     SEED_TAG: str(params[SEED_KEY])})
     return tags
 
 
@@ -137,8 +148,8 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     existing = find_trial_run(client, spec.mlflow_experiment, context.parent_run_id, trial_id)
     if existing is not None and failed_non_finite(existing):
         raise NonFiniteLossError(f"trial {trial_id} is not retried: {existing.data.tags['error']}")
-    if existing is not None and "stop_reason" in existing.data.tags:
-        client.delete_tag(existing.info.run_id, "stop_reason")  # an interrupted trial goes on
+    if existing is not None and STOP_REASON_TAG in existing.data.tags:
+        client.delete_tag(existing.info.run_id, STOP_REASON_TAG)  # an interrupted trial goes on
     out_dir = _fresh_dir(Path(trial.get_trial_dir()) / "train")
     resume = _restore_checkpoint(out_dir)
     train(cfg, out_dir, resume=resume, on_epoch=epoch_reporter(cfg.train.epochs),
