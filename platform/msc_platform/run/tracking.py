@@ -116,6 +116,16 @@ class RunTracker:
                                 tags={k: str(v) for k, v in all_tags.items()})
         return cls(client, run.info.run_id)
 
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> "RunTracker":
+        """Log into the existing run `run_id` as it is, without changing its status.
+
+        Raises MlflowException when the run does not exist in the store at `uri`.
+        """
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)
+        return cls(client, run_id)
+
     def has_params(self) -> bool:
         """True when the run already holds params (a resumed run)."""
         return bool(self.client.get_run(self.run_id).data.params)

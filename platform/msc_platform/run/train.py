@@ -5,7 +5,8 @@ for epochs e >= model.hard_negative_start; MLflow metrics use step = e. `out_dir
 `last.pt` (written every epoch, for resume), `best.pt` (best val SumR so far) and `ranks.parquet`
 (per-query ranks of the best evaluation).
 
-How a run ends in MLflow:
+How a run ends in MLflow (with close_run=True, the default: `msc train`; a sweep trial passes
+close_run=False and its driver decides, see msc_platform.sweeps.trial_runs):
 - FINISHED: all epochs ran, early stopping triggered, or `on_epoch` raised StopTraining
   (the caller asked for a graceful stop); best metrics and artifacts are logged.
 - FAILED (re-raised): any Exception, a non-finite loss (NonFiniteLossError) included; the
@@ -89,6 +90,7 @@ class EpochReport:
     checkpoint_path: Path  # last.pt
     run_id: str | None
     is_best: bool
+    final: bool = False  # the trainer stops after this epoch (its last, or early stopping)
 
 
 @dataclass
@@ -281,6 +283,21 @@ def _open_tracker(cfg: ExperimentConfig, run_id: str | None, parent_run_id: str 
                            parent_run_id=parent_run_id, tags=tags)
 
 
+def _attach_tracker(cfg: ExperimentConfig, run_id: str | None,
+                    tags: dict[str, str] | None) -> RunTracker:
+    """The existing run `run_id`, logged into without touching its status (close_run=False).
+
+    Raises ConfigError without a run id, MlflowException when the run does not exist.
+    """
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    if run_id is None:
+        raise ConfigError("train(close_run=False) needs the run_id of an existing MLflow run")
+    tracker = RunTracker.attach(tracking_uri(cfg.tracking.uri), run_id)
+    tracker.set_tags(tags or {})
+    return tracker
+
+
 def _resume_checkpoint(cfg: ExperimentConfig, out_dir: Path, resume: bool,
                        run_id: str | None) -> dict | None:
     """The checkpoint to resume from (None for a fresh start); checks it matches `cfg`.
@@ -354,7 +371,9 @@ def _run_epochs(trainer: Trainer, tracker: RunTracker, out_dir: Path,
             atomic_copy(last, out_dir / BEST)
         tracker.log_metrics(row, step=epoch)
         if on_epoch is not None:
-            on_epoch(EpochReport(epoch, {**row, "SumR": sumr}, out_dir, last, tracker.run_id, is_best))
+            final = epoch + 1 == cfg.train.epochs or state.bad_epochs > cfg.train.patience
+            on_epoch(EpochReport(epoch, {**row, "SumR": sumr}, out_dir, last, tracker.run_id,
+                                 is_best, final))
 
 
 def log_run_record(tracker: RunTracker, best_metrics: dict[str, float], last_epoch: int,
@@ -377,20 +396,45 @@ def log_run_record(tracker: RunTracker, best_metrics: dict[str, float], last_epo
         tracker.log_artifact(folder / BEST, CHECKPOINTS_DIR)
 
 
-def _finish(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult:
-    """Log best metrics and artifacts, end the run FINISHED, and build the result."""
-    state, cfg = trainer.state, trainer.cfg
+def _result(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult:
+    state = trainer.state
     best_path = out_dir / BEST if (out_dir / BEST).is_file() else None
-    log_run_record(tracker, state.best_metrics, state.epoch, state.history, out_dir,
-                   cfg.tracking.log_checkpoint)
-    tracker.finish("FINISHED")
     return TrainResult(state.best_sumr, state.best_epoch, dict(state.best_metrics),
                        tracker.run_id, best_path)
 
 
+def _close_finished(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> None:
+    """Log the run record (best metrics, artifacts) and end the run FINISHED."""
+    state, cfg = trainer.state, trainer.cfg
+    log_run_record(tracker, state.best_metrics, state.epoch, state.history, out_dir,
+                   cfg.tracking.log_checkpoint)
+    tracker.finish("FINISHED")
+
+
+def _prepare(cfg: ExperimentConfig, tracker: RunTracker, checkpoint: dict | None) -> Trainer:
+    """Process settings, data, run tags/params/config, and the trainer (resumed or initialised)."""
+    device = pick_device(cfg.train.device)
+    apply_threads(cfg.train.num_threads)
+    keep_freed_memory()
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    data = prepare_data(cfg)
+    tracker.set_tags(_run_tags(cfg, data, device))
+    if not tracker.has_params():
+        tracker.log_params(flatten(cfg))
+    tracker.log_text(to_yaml(cfg), CONFIG_ARTIFACT)
+    trainer = Trainer(cfg, data, device)
+    if checkpoint is not None:
+        trainer.load(checkpoint)
+        _relog_missing_epochs(tracker, trainer.state.history)
+    elif cfg.train.init_from:
+        tracker.set_tags(_start_from(trainer.model, cfg.train.init_from))
+    return trainer
+
+
 def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = False,
           on_epoch: Callable[[EpochReport], Any] | None = None, run_id: str | None = None,
-          parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> TrainResult:
+          parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+          close_run: bool = True) -> TrainResult:
     """Train MSC with `cfg`, evaluating after every epoch; returns the best result.
 
     resume: continue from out_dir/last.pt when it exists (its MLflow run included), else start
@@ -399,39 +443,35 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
     raise StopTraining to end the run gracefully. cfg.train.init_from: a checkpoint of either
     format whose weights start a fresh run (ignored when resuming from last.pt); tags init_from,
     init_from_format, init_from_sha256.
+    close_run: end the MLflow run here (FINISHED with its record, FAILED or KILLED, as the
+    module docstring says). False when the caller owns the run's status (a sweep trial, whose
+    run the sweep driver opens and closes): `run_id` must name an existing run, which is only
+    logged into, never reopened, closed or given its closing record.
     Raises ConfigError / DataValidationError for bad input before training starts, CheckpointError
     for an init_from checkpoint that is unreadable or does not fit the model,
-    NonFiniteLossError when the loss stops being finite; the MLflow run then ends FAILED.
+    NonFiniteLossError when the loss stops being finite (with close_run, the run ends FAILED).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = _resume_checkpoint(cfg, out_dir, resume, run_id)
     run_id = checkpoint["run_id"] if checkpoint and checkpoint["run_id"] else run_id
-    tracker = _open_tracker(cfg, run_id, parent_run_id, tags)
+    tracker = (_open_tracker(cfg, run_id, parent_run_id, tags) if close_run
+               else _attach_tracker(cfg, run_id, tags))
     try:
-        device = pick_device(cfg.train.device)
-        apply_threads(cfg.train.num_threads)
-        keep_freed_memory()
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        data = prepare_data(cfg)
-        tracker.set_tags(_run_tags(cfg, data, device))
-        if not tracker.has_params():
-            tracker.log_params(flatten(cfg))
-        tracker.log_text(to_yaml(cfg), CONFIG_ARTIFACT)
-        trainer = Trainer(cfg, data, device)
-        if checkpoint is not None:
-            trainer.load(checkpoint)
-            _relog_missing_epochs(tracker, trainer.state.history)
-        elif cfg.train.init_from:
-            tracker.set_tags(_start_from(trainer.model, cfg.train.init_from))
+        trainer = _prepare(cfg, tracker, checkpoint)
         try:
             _run_epochs(trainer, tracker, out_dir, on_epoch)
         except StopTraining as stop:
-            tracker.set_tags({STOP_REASON_TAG: str(stop) or "StopTraining from on_epoch"})
-        return _finish(trainer, tracker, out_dir)
+            if close_run:
+                tracker.set_tags({STOP_REASON_TAG: str(stop) or "StopTraining from on_epoch"})
+        if close_run:
+            _close_finished(trainer, tracker, out_dir)
+        return _result(trainer, tracker, out_dir)
     except Exception as err:
-        tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
+        if close_run:
+            tracker.finish("FAILED", error=f"{type(err).__name__}: {err}")
         raise
     except BaseException as err:
-        tracker.finish("KILLED", error=f"stopped by {type(err).__name__}: {err}")
+        if close_run:
+            tracker.finish("KILLED", error=f"stopped by {type(err).__name__}: {err}")
         raise

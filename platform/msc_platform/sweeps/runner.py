@@ -29,13 +29,7 @@ from msc_platform.run.config import apply_overrides
 from msc_platform.run.data import prepare_data
 from msc_platform.run.tracking import RunTracker
 from msc_platform.sweeps.ray_session import ray_session
-from msc_platform.sweeps.records import (
-    absolute_tracking_uri,
-    finish_parent_run,
-    open_parent_run,
-    settle_trial_runs,
-    trial_runs,
-)
+from msc_platform.sweeps.records import absolute_tracking_uri, finish_parent_run, open_parent_run
 from msc_platform.sweeps.spec import (
     ROW_KEY,
     SEED_KEY,
@@ -45,6 +39,13 @@ from msc_platform.sweeps.spec import (
     trial_overrides,
 )
 from msc_platform.sweeps.trial import RUN_ID_KEY, TrialContext, run_trial
+from msc_platform.sweeps.trial_runs import (
+    TrialRuns,
+    error_line,
+    settle_trial_runs,
+    stop_reason,
+    trial_runs,
+)
 
 __all__ = ["SweepOutcome", "SweepSpec", "SweepSpecError", "TrialSummary", "load_sweep_spec",
            "run_sweep"]
@@ -179,9 +180,13 @@ def _prepare_local_data(spec: SweepSpec) -> None:
         prepare_data(apply_overrides(spec.base, {"model.clip_tokens": clip_tokens}))
 
 
-def _run_config(spec: SweepSpec, root: str, experiment_name: str, verbose: int) -> tune.RunConfig:
+def _run_config(spec: SweepSpec, context: TrialContext, root: str, experiment_name: str,
+                verbose: int) -> tune.RunConfig:
+    """Storage, retries, checkpoints kept, and the owner of the trials' MLflow runs (TrialRuns;
+    Tune pickles it with the experiment, so a resume has it back)."""
     return tune.RunConfig(
         name=experiment_name, storage_path=root, verbose=verbose,
+        callbacks=[TrialRuns(spec, context.parent_run_id, context.tracking_uri)],
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
@@ -248,7 +253,7 @@ def _make_tuner(spec: SweepSpec, context: TrialContext, root: str, experiment_na
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
                                   param_space=param_space(spec))
     return tune.Tuner(trainable, param_space=param_space(spec), tune_config=tune_config(spec),
-                      run_config=_run_config(spec, root, experiment_name, verbose))
+                      run_config=_run_config(spec, context, root, experiment_name, verbose))
 
 
 def _summaries(spec: SweepSpec, trials, runs_by_trial: dict[str, Any]) -> list[TrialSummary]:
@@ -277,22 +282,14 @@ def _best_metric(run, spec: SweepSpec) -> float | None:
 
 def _error_line(trial) -> str | None:
     """The last line of an errored trial's exception; None for other trials."""
-    if trial.status != "ERROR":
-        return None
-    error = trial.get_error()
-    lines = str(error).strip().splitlines() if error else []
-    return lines[-1] if lines else type(error).__name__
+    return error_line(trial) if trial.status == "ERROR" else None
 
 
-def _outcomes(trials) -> dict[str, dict[str, Any]]:
-    outcomes = {}
-    for trial in trials:
-        error = _error_line(trial)
-        outcomes[trial.trial_id] = {
-            "status": trial.status,
-            "error": error[:1000] if error else None,
-            "checkpoint": trial.checkpoint}
-    return outcomes
+def _outcomes(spec: SweepSpec, trials) -> dict[str, dict[str, Any]]:
+    return {trial.trial_id: {"status": trial.status, "error": _error_line(trial),
+                             "checkpoint": trial.checkpoint,
+                             "stop_reason": stop_reason(trial, spec)}
+            for trial in trials}
 
 
 def _pick_best(spec: SweepSpec, summaries: list[TrialSummary]) -> TrialSummary | None:
@@ -304,9 +301,9 @@ def _pick_best(spec: SweepSpec, summaries: list[TrialSummary]) -> TrialSummary |
 
 
 def _conclude(spec: SweepSpec, parent: RunTracker, trials, path: str) -> SweepOutcome:
-    """Settle child runs, record the best trial on the parent run and build the outcome."""
+    """The final pass over the child runs, then the best trial on the parent run and the outcome."""
     client: MlflowClient = parent.client
-    settle_trial_runs(client, _runs_by_trial(client, spec, parent.run_id), _outcomes(trials))
+    settle_trial_runs(client, _runs_by_trial(client, spec, parent.run_id), _outcomes(spec, trials))
     runs_by_trial = _runs_by_trial(client, spec, parent.run_id)
     summaries = _summaries(spec, trials, runs_by_trial)
     interrupted = len(summaries) < spec.total_trials or any(

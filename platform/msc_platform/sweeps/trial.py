@@ -1,17 +1,21 @@
 """The body of one Ray Tune trial: `msc_platform.run.train.train` with Tune reporting and resuming.
 
+The trial logs into the MLflow run the sweep driver opened for it before its work started
+(msc_platform.sweeps.trial_runs, found by the tags `msc.trial_id` and `mlflow.parentRunId`) and
+never decides that run's status: it trains with `close_run=False`, and the driver closes the run
+from Tune's view of the trial.
+
 Each epoch the trial reports its scores with a `ray.tune.Checkpoint` of the trainer's folder
 (last.pt, best.pt, ranks.parquet). A retried or restored trial gets that checkpoint back from
-`ray.tune.get_checkpoint()`, copies it into a fresh folder and calls `train(resume=True)`; the
-checkpoint carries the MLflow run id, so the trial continues its own child run. A trial that
-failed before its first checkpoint finds its run by the tags `msc.trial_id` and
-`mlflow.parentRunId`, so it never gets a second run either.
+`ray.tune.get_checkpoint()`, copies it into a fresh folder and calls `train(resume=True)`, so it
+continues its own run from the last checkpointed epoch.
 
 Non-finite results: the trainer raises NonFiniteLossError on a NaN/inf loss; this module raises
-NonFiniteMetricError on a NaN/inf score before it reaches the searcher. Both end the MLflow run
-FAILED. Such a trial is not worth retrying (the same checkpoint gives the same NaN), so a retry
-that finds its run FAILED for a non-finite reason fails again at once, before any training:
-FailureConfig(max_failures) then bounds the retries at a few seconds each.
+NonFiniteMetricError on a NaN/inf score before it reaches the searcher. Either is recorded on the
+run as tag `msc.non_finite`. Such a trial is not worth retrying (the same checkpoint gives the
+same NaN), so a retry that finds the tag fails again at once, before any training:
+FailureConfig(max_failures) then bounds the retries at a few seconds each, and the driver ends
+the run FAILED.
 """
 from __future__ import annotations
 
@@ -25,21 +29,11 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from msc_platform.names import (
-    ABLATION_TAG,
-    LOSS_TOTAL,
-    NODE_ID_TAG,
-    NODE_IP_TAG,
-    ROW_TAG,
-    SEED_TAG,
-    STOP_REASON_TAG,
-    SWEEP_TAG,
-    TRIAL_TAG,
-)
+from msc_platform.names import LOSS_TOTAL, NODE_ID_TAG, NODE_IP_TAG, NON_FINITE_TAG
 from msc_platform.run.train import EpochReport, NonFiniteLossError, StopTraining, train
-from msc_platform.sweeps.spec import ROW_KEY, SEED_KEY, SweepSpec, trial_config
+from msc_platform.sweeps.spec import SweepSpec, trial_config
+from msc_platform.sweeps.trial_runs import FINAL_EPOCH_KEY, find_trial_run
 
-NON_FINITE_ERRORS = ("NonFiniteLossError", "NonFiniteMetricError")
 REPORTED = {"SumR": "SumR", "R1": "val/R1", "R5": "val/R5", "R10": "val/R10",
             "R100": "val/R100", "loss": LOSS_TOTAL}
 RUN_ID_KEY = "mlflow_run_id"
@@ -58,35 +52,10 @@ class TrialContext:
     tracking_uri: str  # absolute: a server URL or sqlite:////abs/path
 
 
-def trial_tags(spec: SweepSpec, params: dict[str, Any], trial_id: str) -> dict[str, str]:
-    """MLflow tags of a trial's child run: msc.sweep, msc.trial_id, the Ray node running it
-    (msc.node_id, msc.node_ip; a retry on another node updates them), and msc.ablation /
-    msc.row / msc.seed in grid mode."""
-    tags = {SWEEP_TAG: spec.name, TRIAL_TAG: trial_id,
-            NODE_ID_TAG: ray.get_runtime_context().get_node_id(),
+def node_tags() -> dict[str, str]:
+    """The Ray node running this attempt of the trial (a retry on another node updates them)."""
+    return {NODE_ID_TAG: ray.get_runtime_context().get_node_id(),
             NODE_IP_TAG: ray.util.get_node_ip_address()}
-    if spec.is_grid:
-        tags.update({ABLATION_TAG: spec.name, ROW_TAG: str(params[ROW_KEY]),
-                     SEED_TAG: str(params[SEED_KEY])})
-    return tags
-
-
-def find_trial_run(client: MlflowClient, experiment: str, parent_run_id: str, trial_id: str):
-    """The MLflow run of trial `trial_id` under `parent_run_id`, or None when it has none yet."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = client.search_runs(
-        [found.experiment_id], max_results=1,
-        filter_string=(f"tags.`msc.trial_id` = '{trial_id}' and "
-                       f"tags.`mlflow.parentRunId` = '{parent_run_id}'"))
-    return runs[0] if runs else None
-
-
-def failed_non_finite(run) -> bool:
-    """True when `run` ended FAILED because its loss or score was not finite."""
-    error = run.data.tags.get("error", "")
-    return run.info.status == "FAILED" and error.startswith(NON_FINITE_ERRORS)
 
 
 def tune_metrics(report: EpochReport) -> dict[str, Any]:
@@ -95,17 +64,18 @@ def tune_metrics(report: EpochReport) -> dict[str, Any]:
                if key in report.metrics}
     if not math.isfinite(metrics["SumR"]):
         raise NonFiniteMetricError(f"val SumR is {metrics['SumR']} at epoch {report.epoch}")
-    metrics.update({"epoch": report.epoch + 1, RUN_ID_KEY: report.run_id or "",
+    metrics.update({"epoch": report.epoch + 1, FINAL_EPOCH_KEY: report.final,
+                    RUN_ID_KEY: report.run_id or "",
                     "node_id": ray.get_runtime_context().get_node_id()})
     return metrics
 
 
-def epoch_reporter(total_epochs: int) -> Callable[[EpochReport], None]:
+def epoch_reporter() -> Callable[[EpochReport], None]:
     """The `on_epoch` hook: report each epoch's scores and checkpoint folder to Tune.
 
     When Tune stops the trial (its scheduler stopped it), `tune.report` exits the training
-    thread; before the last epoch that becomes StopTraining, so the trainer still ends the run
-    FINISHED with its best scores and artifacts (tag stop_reason says why it ended early).
+    thread with SystemExit; that becomes StopTraining, so the trainer returns at once without
+    another MLflow call (the driver has closed the run, tag stop_reason included).
     """
     def report_epoch(report: EpochReport) -> None:
         metrics = tune_metrics(report)
@@ -113,9 +83,7 @@ def epoch_reporter(total_epochs: int) -> Callable[[EpochReport], None]:
         try:
             tune.report(metrics, checkpoint=checkpoint)
         except SystemExit as stop:
-            if report.epoch + 1 < total_epochs:
-                raise StopTraining(f"stopped early by the sweep's scheduler after epoch "
-                                   f"{report.epoch}") from stop
+            raise StopTraining(f"stopped by the sweep's scheduler after epoch {report.epoch}") from stop
 
     return report_epoch
 
@@ -136,24 +104,33 @@ def _restore_checkpoint(out_dir: Path) -> bool:
     return True
 
 
+class TrialRunMissingError(RuntimeError):
+    """The sweep driver opened no MLflow run for this trial (it opens one before the trial starts)."""
+
+
 def run_trial(params: dict[str, Any], context: TrialContext) -> None:
-    """Train one trial of `context.spec` with Tune's `params` (raises what train() raises)."""
+    """Train one trial of `context.spec` with Tune's `params` into the run the driver opened.
+
+    Raises TrialRunMissingError when that run is missing, NonFiniteLossError at once for a trial
+    whose loss or score already was non-finite, and what train() raises.
+    """
     spec, trial = context.spec, tune.get_context()
     trial_id = trial.get_trial_id()
     cfg = trial_config(spec, params)
     cfg = replace(cfg, tracking=replace(cfg.tracking, uri=context.tracking_uri,
-                                        experiment=spec.mlflow_experiment,
-                                        run_name=trial.get_trial_name()))
+                                        experiment=spec.mlflow_experiment))
     client = MlflowClient(tracking_uri=context.tracking_uri)
-    existing = find_trial_run(client, spec.mlflow_experiment, context.parent_run_id, trial_id)
-    if existing is not None and failed_non_finite(existing):
-        raise NonFiniteLossError(f"trial {trial_id} is not retried: {existing.data.tags['error']}")
-    if existing is not None and STOP_REASON_TAG in existing.data.tags:
-        client.delete_tag(existing.info.run_id, STOP_REASON_TAG)  # an interrupted trial goes on
+    run = find_trial_run(client, spec.mlflow_experiment, context.parent_run_id, trial_id)
+    if run is None:
+        raise TrialRunMissingError(f"trial {trial_id}: no MLflow run under parent run "
+                                   f"{context.parent_run_id} in {context.tracking_uri}")
+    if NON_FINITE_TAG in run.data.tags:
+        raise NonFiniteLossError(f"trial {trial_id} is not retried: {run.data.tags[NON_FINITE_TAG]}")
     out_dir = _fresh_dir(Path(trial.get_trial_dir()) / "train")
     resume = _restore_checkpoint(out_dir)
-    train(cfg, out_dir, resume=resume, on_epoch=epoch_reporter(cfg.train.epochs),
-          run_id=existing.info.run_id if existing is not None else None,
-          parent_run_id=context.parent_run_id, tags=trial_tags(spec, params, trial_id))
-
-
+    try:
+        train(cfg, out_dir, resume=resume, on_epoch=epoch_reporter(),
+              run_id=run.info.run_id, tags=node_tags(), close_run=False)
+    except (NonFiniteLossError, NonFiniteMetricError) as err:
+        client.set_tag(run.info.run_id, NON_FINITE_TAG, f"{type(err).__name__}: {err}"[:5000])
+        raise

@@ -187,3 +187,23 @@ def test_msc_train_prints_the_resolved_config_and_rejects_bad_input(tiny_data_ro
     assert "train.epochs: expected int, got 'zero'" in capsys.readouterr().err
     assert msc("train", "--resume") == 2
     assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_a_run_the_caller_owns_is_logged_into_but_never_closed(tiny_config, mlflow_uri, tmp_path):
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("tiny")).info.run_id
+    result = train(tiny_config, tmp_path / "ok", run_id=run_id, close_run=False)
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and result.run_id == run_id
+    assert len(client.get_metric_history(run_id, "val/SumR")) == tiny_config.train.epochs
+    assert "best/SumR" not in run.data.metrics  # the closing record is the owner's to log
+    assert not {a.path for a in client.list_artifacts(run_id)} & {"metrics.json", "ranks.parquet"}
+
+    client.set_terminated(run_id, "FINISHED")
+    bad = apply_overrides(tiny_config, {"model.video_dim": 48})
+    with pytest.raises(ConfigError, match="model.video_dim"):
+        train(bad, tmp_path / "bad", run_id=run_id, close_run=False)
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED" and "error" not in after.data.tags
+    with pytest.raises(ConfigError, match="needs the run_id"):
+        train(tiny_config, tmp_path / "none", close_run=False)

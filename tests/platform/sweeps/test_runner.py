@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,9 +170,12 @@ def test_search_sweep_with_asha_closes_every_trial_run(tmp_path, tiny_data_root)
         t["trial_id"] for t in outcome["trials"])
     closed = [(r.info.status, "best/SumR" in r.data.metrics, r.data.tags.get("error")) for r in runs]
     assert all(status == "FINISHED" and has_best for status, has_best, _ in closed), closed
-    for run in runs:  # the full record, even when ASHA's stop tore the worker down mid-logging
+    for run in runs:  # the full record, logged by the driver from the trial's last checkpoint
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"metrics.json", "ranks.parquet"} <= artifacts, (run.info.run_id, artifacts)
+        assert re.fullmatch(r"t\d\d sim_thr=[0-9.]+ cbva=(adaptive|off)", run.info.run_name)
+        epochs = len(client.get_metric_history(run.info.run_id, "val/SumR"))
+        assert ("stop_reason" in run.data.tags) == (epochs < 2), (epochs, run.data.tags)
     best = max(outcome["trials"], key=lambda t: t["best"])
     assert outcome["best_config"] == best["overrides"]
     assert outcome["best_metrics"]["best/SumR"] == best["best"]
