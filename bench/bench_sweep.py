@@ -6,6 +6,10 @@ checkpoints), divided by half the sum of the same trials' training times when ru
 in this process without Ray (1 thread each, as each trial gets 1 CPU). 1.0 means Tune adds
 nothing over perfect 2-way parallelism; target <= 1.15. Full: 8 trials on the `small`
 synthetic set, 2 epochs each; quick: 4 trials on `tiny`, 1 epoch.
+
+asha_reuse_actors_speedup = wall time of an ASHA search sweep with `reuse_actors: false` over
+the same sweep with `reuse_actors: true` (a finished or stopped trial's worker process runs the
+next trial). Same seed, so the same trials; > 1 means reusing workers saves time.
 """
 from __future__ import annotations
 
@@ -76,6 +80,35 @@ def _sweep_seconds(spec, folder: Path) -> tuple[float, int]:
     return time.perf_counter() - start, done
 
 
+def _asha_spec(folder: Path, data_root: Path, sizes: dict, reuse: bool):
+    """The grid spec's base turned into an ASHA search over sim_thr and vl_coef (seed 0)."""
+    spec = yaml.safe_load(_write_spec(folder, data_root, sizes).read_text())
+    spec.pop("rows"), spec.pop("seeds")
+    spec.update({"name": f"bench-asha-reuse-{reuse}", "num_samples": sizes["trials"], "seed": 0,
+                 "reuse_actors": reuse, "scheduler": {"type": "asha", "grace_period": 1,
+                                                     "reduction_factor": 2},
+                 "space": {"model.sim_thr": {"uniform": [0.6, 0.9]},
+                           "model.vl_coef": {"loguniform": [0.01, 1.0]}}})
+    spec["overrides"]["train.epochs"] = sizes["epochs"] + 1  # room for ASHA to stop some
+    path = folder / f"asha_{reuse}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return load_sweep_spec(path)
+
+
+def _reuse_rows(folder: Path, sizes: dict) -> list[dict]:
+    seconds = {}
+    for reuse in (False, True):
+        seconds[reuse], done = _sweep_seconds(_asha_spec(folder, folder / "data", sizes, reuse),
+                                              folder / f"asha_{reuse}")
+        if done != sizes["trials"]:
+            return [{"name": "asha_reuse_actors_speedup", "value": None, "unit": "x",
+                     "target": None, "ok": False, "note": f"reuse={reuse}: {done} finished"}]
+    speedup = seconds[False] / seconds[True]
+    return [{"name": "asha_reuse_actors_speedup", "value": speedup, "unit": "x", "target": "> 1",
+             "ok": speedup > 1, "note": f"{sizes['trials']} ASHA trials: fresh workers "
+             f"{seconds[False]:.1f}s, reused {seconds[True]:.1f}s"}]
+
+
 def run(quick: bool) -> list[dict]:
     """Measure sweep_overhead; returns bench rows (see bench/run.py)."""
     sizes = _sizes(quick)
@@ -89,6 +122,7 @@ def run(quick: bool) -> list[dict]:
             spec = load_sweep_spec(_write_spec(folder, folder / "data", sizes))
             sequential = _sequential_seconds(spec, folder, uri)
             swept, done = _sweep_seconds(spec, folder)
+            reuse_rows = _reuse_rows(folder, sizes)
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -104,4 +138,5 @@ def run(quick: bool) -> list[dict]:
          "note": "whole run_sweep call, Ray start included"},
         {"name": "sweep_sequential_s", "value": sequential, "unit": "s", "target": None,
          "ok": None, "note": "same trials back to back, no Ray, 1 thread"},
+        *reuse_rows,
     ]

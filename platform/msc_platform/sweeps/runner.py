@@ -98,12 +98,10 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 def reuse_actors(spec: SweepSpec) -> bool:
     """Whether a finished trial's worker runs the next trial (saves a process start per trial).
 
-    Only without an early-stopping scheduler: a trial ASHA stops is still closing its MLflow run
-    when Tune would hand its worker over, and Tune then errors the next trial instead of waiting.
+    Safe under ASHA too: a stopped trial's worker makes no MLflow call after Tune stops it (its
+    run is the driver's to close), so nothing is cut off when Tune hands the worker over.
     """
-    return spec.reuse_actors and spec.scheduler.type == "none"
-
-
+    return spec.reuse_actors
 def tune_config(spec: SweepSpec) -> tune.TuneConfig:
     """Searcher, scheduler and concurrency; grid mode has neither searcher nor scheduler."""
     if spec.is_grid:

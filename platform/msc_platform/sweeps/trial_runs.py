@@ -187,9 +187,10 @@ def stop_reason(trial, spec: SweepSpec) -> str | None:
     scheduler. (Tune's `done` cannot tell: it is set on a scheduler's stop too.)
     """
     last = trial.last_result or {}
-    if not last or last.get(FINAL_EPOCH_KEY) or int(last.get("epoch", 0)) >= spec.base.train.epochs:
+    reported = last.get("epoch")  # 1-based; absent when the trial never reported
+    if reported is None or last.get(FINAL_EPOCH_KEY) or int(reported) >= spec.base.train.epochs:
         return None
-    return f"stopped early by the sweep's scheduler after epoch {int(last['epoch']) - 1}"
+    return f"stopped early by the sweep's scheduler after epoch {int(reported) - 1}"
 
 
 def close_finished(client: MlflowClient, run, checkpoint, reason: str | None) -> None:

@@ -18,7 +18,12 @@ from msc_platform.run.checkpoint import save_checkpoint
 from msc_platform.run.tracking import RunTracker
 from msc_platform.run.train import BEST, LAST, RANKS
 from msc_platform.sweeps.spec import load_sweep_spec
-from msc_platform.sweeps.trial_runs import TrialRuns, settle_trial_runs, trial_run_name
+from msc_platform.sweeps.trial_runs import (
+    TrialRuns,
+    settle_trial_runs,
+    stop_reason,
+    trial_run_name,
+)
 from tests.platform.sweeps.test_runner import write_tiny_spec
 
 HISTORY = {"val/SumR": [100.0, 180.0, 150.0], "val/R1": [5.0, 20.0, 12.0],
@@ -195,3 +200,10 @@ def test_the_final_pass_closes_a_finished_trial_a_dead_driver_left_running(mlflo
     assert client.get_run(left_open.info.run_id).data.metrics["best/SumR"] == 175.0
     assert client.get_run(left_open.info.run_id).info.status == "FINISHED"
     assert client.get_run(done.info.run_id).data.metrics["best/SumR"] == 999.0  # left alone
+
+
+def test_a_trial_that_never_reported_has_no_stop_reason(tmp_path, tiny_data_root):
+    spec = _spec(tmp_path, tiny_data_root, SEARCH)
+    assert stop_reason(_trial("abc_00002", {"model.tcp": True}), spec) is None
+    stopped = _trial("abc_00002", {"model.tcp": True}, {"epoch": 1, "final_epoch": False})
+    assert stop_reason(stopped, spec) == "stopped early by the sweep's scheduler after epoch 0"
