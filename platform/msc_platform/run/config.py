@@ -1,7 +1,7 @@
 """Experiment configuration: YAML files into typed dataclasses, plus dotted overrides.
 
 A config file has the sections `data:`, `model:` (fields of `model.config.MSCConfig`),
-`train:` and `tracking:`, and may name a `base:` file (relative to itself) whose values it
+`train:` and `tracking:`, and may name `base:` files (relative to itself) whose values it
 overrides. Overrides are `section.key=value` strings (`train.lr=1e-4`, `model.tcp=false`).
 Each field's type says what it accepts; pydantic checks them (`model.validation`), and unknown
 keys, values of the wrong type and out-of-range values raise `ConfigError` with one line per bad
@@ -154,14 +154,29 @@ def _parse_scalar(text: str) -> Any:
 
 def read_yaml(path: Path, relative_keys: tuple[str, ...] = (),
               seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML mapping merged over its `base:` chain (each base named relative to its file).
+    """A YAML mapping merged over its `base:` files (each named relative to its own file).
 
-    Top-level `relative_keys` hold file names relative to the file that sets them; they come
-    back absolute. Raises ConfigError naming the file: unreadable, not valid YAML, not a
-    mapping, a base that is not a file name or that leads back to itself.
+    `base:` is one file name or a list of them, merged left to right, then this file on top
+    (mappings merge key by key; any other value replaces). Top-level `relative_keys` hold file
+    names relative to the file that sets them; they come back absolute. Raises ConfigError
+    naming the file: unreadable, not valid YAML, not a mapping, a base that is not a file name
+    (or list of them) or that leads back to itself.
     """
     if path in seen:
         raise ConfigError(f"{path}: base: circular reference through {[str(p) for p in seen]}")
+    data = _read_mapping(path)
+    for key in relative_keys:
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = str((path.parent / data[key]).resolve())
+    merged: dict[str, Any] = {}
+    for base in _base_names(path, data.pop("base", None)):
+        merged = deep_merge(merged, read_yaml((path.parent / base).resolve(), relative_keys,
+                                               seen + (path,)))
+    return deep_merge(merged, data)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path`; raises ConfigError when unreadable, invalid or not a mapping."""
     try:
         text = path.read_text()
     except OSError as err:
@@ -172,23 +187,26 @@ def read_yaml(path: Path, relative_keys: tuple[str, ...] = (),
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
-    for key in relative_keys:
-        if isinstance(data.get(key), str) and data[key]:
-            data[key] = str((path.parent / data[key]).resolve())
-    base = data.pop("base", None)
+    return data
+
+
+def _base_names(path: Path, base: Any) -> list[str]:
+    """`base:` as a list of file names; raises ConfigError for anything else."""
     if base is None:
-        return data
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
-    parent = read_yaml((path.parent / base).resolve(), relative_keys, seen + (path,))
-    return _deep_merge(parent, data)
+        return []
+    names = base if isinstance(base, list) else [base]
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ConfigError(f"{path}: base: expected a file name or a list of file names, "
+                          f"got {base!r}")
+    return names
 
 
-def _deep_merge(lower: dict, upper: dict) -> dict:
+def deep_merge(lower: dict, upper: dict) -> dict:
+    """`upper` over `lower`: mappings merge key by key, any other value replaces."""
     merged = dict(lower)
     for key, value in upper.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged

@@ -29,13 +29,14 @@ import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from msc_platform.names import LOSS_TOTAL, NODE_ID_TAG, NODE_IP_TAG, NON_FINITE_TAG
+from msc_platform.names import LOSS_TOTAL, NODE_ID_TAG, NODE_IP_TAG, NON_FINITE_TAG, VAL_PREFIX
 from msc_platform.run.train import EpochReport, NonFiniteLossError, StopTraining, train
-from msc_platform.sweeps.spec import SweepSpec, trial_config
+from msc_platform.sweeps.spec import SWEEP_METRICS, SweepSpec, trial_config
 from msc_platform.sweeps.trial_runs import FINAL_EPOCH_KEY, find_trial_run
 
-REPORTED = {"SumR": "SumR", "R1": "val/R1", "R5": "val/R5", "R10": "val/R10",
-            "R100": "val/R100", "loss": LOSS_TOTAL}
+# Tune result name -> EpochReport metric: the sweep metrics (val scores) and the total loss.
+REPORTED = {**{name: name if name == "SumR" else VAL_PREFIX + name for name in SWEEP_METRICS},
+            "loss": LOSS_TOTAL}
 RUN_ID_KEY = "mlflow_run_id"
 
 

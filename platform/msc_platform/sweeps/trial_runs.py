@@ -21,6 +21,7 @@ by a resume; a trial the snapshot has TERMINATED but whose run a dead driver lef
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ RETRIES_TAG = "msc.retries"
 LAST_FAILURE_TAG = "msc.last_failure"
 TERMINATED, ERROR = "TERMINATED", "ERROR"
 INTERRUPTED = "the sweep was interrupted; resume it to continue this run"
+QUALIFIED_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*(?:Error|Exception|Interrupt)\b)")
 
 
 def trial_number(trial) -> int:
@@ -111,10 +113,17 @@ def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> lis
 
 
 def error_line(trial) -> str:
-    """The last line of a failed trial's exception (what tag `error` and the summary show)."""
+    """The last line of a failed trial's exception (what tag `error` and the summary show),
+    with the exception's module path dropped (`pkg.mod.NonFiniteLossError: x` -> `NonFiniteLossError: x`)."""
     error = trial.get_error()
     lines = str(error).strip().splitlines() if error else []
-    return (lines[-1] if lines else type(error).__name__ if error else "the trial's worker failed")[:1000]
+    line = lines[-1] if lines else type(error).__name__ if error else "the trial's worker failed"
+    return short_error(line)
+
+
+def short_error(line: str) -> str:
+    """`line` with a leading exception's module path dropped, at most 1000 characters."""
+    return QUALIFIED_EXCEPTION.sub(r"\1", line)[:1000]
 
 
 class TrialRuns(tune.Callback):

@@ -14,6 +14,7 @@ from msc_platform.run.config import (
     apply_overrides,
     flatten,
     load_config,
+    read_yaml,
     resolve_data_root,
     to_yaml,
 )
@@ -261,3 +262,17 @@ def test_resolved_yaml_loads_back(tmp_path):
     cfg = load_config(CONFIG_DIR / "qvhighlight.yaml", ["model.cbva=off"])
     path = _write(tmp_path / "resolved.yaml", to_yaml(cfg))
     assert load_config(path) == cfg
+
+
+def test_a_list_of_bases_merges_left_to_right_under_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("train: {epochs: 5, lr: 0.1}\nmodel: {tcp: false}\n")
+    (tmp_path / "b.yaml").write_text("train: {epochs: 7}\n")
+    (tmp_path / "top.yaml").write_text("base: [a.yaml, b.yaml]\nmodel: {tcp: true}\n")
+    assert read_yaml(tmp_path / "top.yaml") == {"train": {"epochs": 7, "lr": 0.1},
+                                                "model": {"tcp": True}}
+    (tmp_path / "bad.yaml").write_text("base: [a.yaml, 3]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: base: expected a file name or a list"):
+        read_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "loop.yaml").write_text("base: [a.yaml, loop.yaml]\n")
+    with pytest.raises(ConfigError, match="circular reference"):
+        read_yaml(tmp_path / "loop.yaml")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msc_platform.run.config import read_yaml
+from msc_platform.run.config import deep_merge, read_yaml
 from msc_platform.sweeps.spec import load_sweep_spec
 
 EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
@@ -23,6 +23,19 @@ WITH_A_BASE = sorted(path for folder in ("configs", "sweeps", "ablations")
                      if "base" in (yaml.safe_load(path.read_text()) or {}))
 
 
+def _bases(path: Path) -> list[str]:
+    base = yaml.safe_load(path.read_text())["base"]
+    return base if isinstance(base, list) else [base]
+
+
+def _merged_bases(path: Path) -> dict:
+    """What the file's `base:` files give, merged as the loader merges them."""
+    merged: dict = {}
+    for name in _bases(path):
+        merged = deep_merge(merged, read_yaml((path.parent / name).resolve()))
+    return merged
+
+
 def _own(path: Path) -> dict:
     data = yaml.safe_load(path.read_text())
     data.pop("base")
@@ -31,7 +44,7 @@ def _own(path: Path) -> dict:
 
 @pytest.mark.parametrize("path", WITH_A_BASE, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_a_file_with_a_base_sets_no_value_its_base_already_has(path):
-    base = read_yaml((path.parent / yaml.safe_load(path.read_text())["base"]).resolve())
+    base = _merged_bases(path)
     for key, value in _own(path).items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             repeated = {k for k, v in value.items() if k in base[key] and base[key][k] == v}
@@ -71,7 +84,19 @@ def test_the_synthetic_specs_share_one_overrides_block(path):
     assert (spec.metric, spec.mode) == ("SumR", "max")
     own = _own(path).get("overrides", {})
     assert not set(own) & set(SYNTHETIC_OVERRIDES)
-    assert yaml.safe_load(path.read_text())["base"].endswith("shared/synthetic_cpu.yaml")
+    assert _bases(path)[0].endswith("shared/synthetic_cpu.yaml")
+
+
+def test_the_component_grids_share_their_rows_and_the_search_sweeps_their_space():
+    grids = [load_sweep_spec(EXPERIMENTS / "ablations" / f"{name}.yaml")
+             for name in ("components", "components_qvhighlight")]
+    assert grids[0].rows == grids[1].rows and list(grids[0].rows) == [
+        "a_baseline", "b_tcp", "c_cbva_uniform", "d_optome", "e_adaptive"]
+    assert all("rows" not in _own(EXPERIMENTS / "ablations" / f"{name}.yaml")
+               for name in ("components", "components_qvhighlight"))
+    spaces = [load_sweep_spec(EXPERIMENTS / "sweeps" / f"{name}.yaml").space
+              for name in ("default", "tvr")]
+    assert spaces[0] == spaces[1] and len(spaces[0]) == 7
 
 
 def test_the_sensitivity_grid_adds_the_full_model_to_the_shared_overrides():

@@ -51,7 +51,7 @@ def test_shipped_spec_builds_searcher_scheduler_and_space(path):
     assert isinstance(config.scheduler, ASHAScheduler)
     assert config.metric == "SumR" and config.mode == "max"
     assert config.max_concurrent_trials == spec.max_concurrent_trials
-    assert not config.reuse_actors  # ASHA's stops cannot hand a worker over cleanly
+    assert config.reuse_actors  # a stopped worker makes no MLflow call: its process is reused
     space = param_space(spec)
     assert isinstance(space["model.cbva"], tune.search.sample.Categorical)
     assert space["model.cbva"].categories == ["adaptive", "fixed", "off"]

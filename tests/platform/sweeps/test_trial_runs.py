@@ -10,6 +10,7 @@ import pickle
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.experiment import Trial
@@ -21,6 +22,7 @@ from msc_platform.sweeps.spec import load_sweep_spec
 from msc_platform.sweeps.trial_runs import (
     TrialRuns,
     settle_trial_runs,
+    short_error,
     stop_reason,
     trial_run_name,
 )
@@ -207,3 +209,13 @@ def test_a_trial_that_never_reported_has_no_stop_reason(tmp_path, tiny_data_root
     assert stop_reason(_trial("abc_00002", {"model.tcp": True}), spec) is None
     stopped = _trial("abc_00002", {"model.tcp": True}, {"epoch": 1, "final_epoch": False})
     assert stop_reason(stopped, spec) == "stopped early by the sweep's scheduler after epoch 0"
+
+
+@pytest.mark.parametrize("line, short", [
+    ("msc_platform.run.train.NonFiniteLossError: non-finite loss", "NonFiniteLossError: non-finite loss"),
+    ("ray.exceptions.RayActorError: The actor died", "RayActorError: The actor died"),
+    ("NonFiniteLossError: nan", "NonFiniteLossError: nan"),
+    ("error at a.b: c", "error at a.b: c"),
+])
+def test_error_lines_drop_the_exception_module_path(line, short):
+    assert short_error(line) == short
