@@ -44,6 +44,7 @@ from model.config import MSCConfig
 from model.losses import msc_loss
 from model.network import MSC
 from model.optim import build_optimizer
+from msc_platform.run.runtime import keep_freed_memory
 from tests.model.batch_factory import make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,6 +269,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
     device = torch.device(args.device)
+    keep_freed_memory()  # as `msc train` runs; the released algorithm, in this process too, gets it
     if args.compare:
         answer = compare_steps(*args.compare, device=device)
     elif args.count:
