@@ -7,16 +7,17 @@ continue with --resume).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from msc_platform.cli.common import add_run_arguments, fail
 from msc_platform.cli.tables import EXIT_NO_COMPLETE_RUN, add_report_options, print_report
+from msc_platform.cluster.address import check_address
 from msc_platform.cluster.local import ClusterError
 from msc_platform.reports.records import RunLookupError
 from msc_platform.reports.report import ReportError
 from msc_platform.run.config import ConfigError
-from msc_platform.sweeps.ablation import run_ablation
-from msc_platform.sweeps.runner import SweepSpecError
+from msc_platform.sweeps.spec import SweepSpecError
 
 EXIT_INTERRUPTED = 3
 
@@ -37,6 +38,11 @@ def run_ablation_command(args: argparse.Namespace) -> int:
     if args.resamples < 1:
         return fail(f"--resamples: must be >= 1, got {args.resamples}")
     try:
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            check_address(address)
+        # Ray, Tune and torch take seconds to import: only once the address answers.
+        from msc_platform.sweeps.ablation import run_ablation
         result = run_ablation(args.spec, args.overrides, address=args.address, resume=args.resume,
                               storage=args.storage, out_dir=Path(args.out) if args.out else None,
                               baseline=args.baseline, resamples=args.resamples, verbose=0 if args.quiet else 1)

@@ -10,12 +10,17 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data_tools.atomic import atomic_write_json
 from msc_platform.cli.common import add_run_arguments
+from msc_platform.cluster.address import check_address
 from msc_platform.cluster.local import ClusterError, running_local_cluster
 from msc_platform.run.config import ConfigError
-from msc_platform.sweeps.runner import SweepOutcome, SweepSpecError, load_sweep_spec, run_sweep
+from msc_platform.sweeps.spec import SweepSpecError, load_sweep_spec
+
+if TYPE_CHECKING:
+    from msc_platform.sweeps.runner import SweepOutcome
 
 EXIT_NO_TRIAL, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 3
 
@@ -35,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
     """Load the spec, run the sweep, print the summary; returns the exit code."""
     try:
         spec = load_sweep_spec(args.spec, args.overrides)
-        warn_local_store(spec.base.tracking.uri, args.address or os.environ.get("RAY_ADDRESS"))
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            check_address(address)
+        warn_local_store(spec.base.tracking.uri, address)
+        # Ray, Tune and torch take seconds to import: only now that spec and address are good.
+        from msc_platform.sweeps.runner import run_sweep
         outcome = run_sweep(spec, address=args.address, resume=args.resume,
                             storage=args.storage, verbose=0 if args.quiet else 1)
     except (SweepSpecError, ConfigError, ConnectionError, ClusterError) as err:

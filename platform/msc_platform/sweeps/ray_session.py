@@ -2,8 +2,10 @@
 
 Without an address (and without $RAY_ADDRESS) the driver starts a local Ray bound to the loopback
 address $MSC_RAY_NODE_IP (default 127.0.0.2: Ray rewrites 127.0.0.1 to the machine's network
-address). With an address it joins that cluster and ships the project's packages to the workers
-in the runtime environment (`py_modules`), so workers need only the dependencies installed.
+address). With an address it first checks that a Ray cluster answers there
+(`msc_platform.cluster.address`: a typo fails in seconds, before anything is written), then joins
+it and ships the project's packages to the workers in the runtime environment (`py_modules`),
+so workers need only the dependencies installed.
 
 Authentication: Ray (>= 2.59) sends its token only when $RAY_AUTH_MODE is `token`, and a driver
 given an explicit address never turns that on by itself. When $RAY_AUTH_MODE is unset and the
@@ -22,6 +24,7 @@ from typing import Iterator
 import ray
 from ray._raylet import Config as RayConfig
 
+from msc_platform.cluster.address import check_address
 from msc_platform.cluster.local import DEFAULT_STATE_DIR, STATE_FILE, recorded_auth_mode
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
@@ -67,8 +70,13 @@ def adopt_local_cluster_auth(address: str) -> str | None:
 
 
 def _join(address: str) -> None:
-    """Connect to the cluster at `address`; raises ConnectionError, with a hint about token
-    authentication when this driver sends no token."""
+    """Connect to the cluster at `address` once it answers.
+
+    Raises ClusterAddressError (a ConnectionError) within seconds for a malformed address or one
+    where no Ray cluster answers, and ConnectionError from Ray, with a hint about token
+    authentication when this driver sends no token.
+    """
+    check_address(address)
     adopt_local_cluster_auth(address)
     try:
         ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=True)
@@ -86,8 +94,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     """Run the body connected to Ray; yields the cluster address (None for a local instance).
 
     Reuses a Ray connection that is already open (and leaves it open); otherwise shuts Ray down
-    at the end. Raises ConnectionError (from Ray) when the cluster cannot be reached, and
-    ClusterError when the local cluster record is unreadable.
+    at the end. Raises ConnectionError when the cluster cannot be reached (ClusterAddressError,
+    before Ray is asked, when nothing answers at the address), and ClusterError when the local
+    cluster record is unreadable.
     """
     if ray.is_initialized():
         yield cluster_address(address)
