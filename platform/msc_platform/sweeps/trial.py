@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from msc_platform.names import LOSS_TOTAL, NODE_ID_TAG, NODE_IP_TAG, NON_FINITE_TAG, VAL_PREFIX
-from msc_platform.run.train import EpochReport, NonFiniteLossError, StopTraining, train
+from msc_platform.run.train import EpochReport, NonFiniteLossError, train
 from msc_platform.sweeps.spec import SWEEP_METRICS, SweepSpec, trial_config
 from msc_platform.sweeps.trial_runs import FINAL_EPOCH_KEY, find_trial_run
 
@@ -74,17 +74,15 @@ def tune_metrics(report: EpochReport) -> dict[str, Any]:
 def epoch_reporter() -> Callable[[EpochReport], None]:
     """The `on_epoch` hook: report each epoch's scores and checkpoint folder to Tune.
 
-    When Tune stops the trial (its scheduler stopped it), `tune.report` exits the training
-    thread with SystemExit; that becomes StopTraining, so the trainer returns at once without
-    another MLflow call (the driver has closed the run, tag stop_reason included).
+    When Tune stops the trial (its scheduler stopped it, or the trial's worker is handed to the
+    next trial), `tune.report` raises SystemExit in the training thread. It must end that thread:
+    Tune waits for it (2 s) before it reuses the worker, and a function that returned normally
+    instead would block on its final result. So it passes through train(), which makes no MLflow
+    call for a run it does not own; the driver has closed the run.
     """
     def report_epoch(report: EpochReport) -> None:
         metrics = tune_metrics(report)
-        checkpoint = tune.Checkpoint.from_directory(str(report.checkpoint_dir))
-        try:
-            tune.report(metrics, checkpoint=checkpoint)
-        except SystemExit as stop:
-            raise StopTraining(f"stopped by the sweep's scheduler after epoch {report.epoch}") from stop
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(report.checkpoint_dir)))
 
     return report_epoch
 
