@@ -19,7 +19,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from data_tools.processes import pid_alive
 from data_tools.synth import PRESETS
+from msc_platform.cluster.process_groups import descendants
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BASE_CONFIG = REPO_ROOT / "experiments" / "configs" / "synthetic.yaml"
@@ -147,6 +149,100 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, t
     assert parent.data.tags["msc.role"] == "sweep-parent"
     assert parent.data.metrics["trials/terminated"] == 2
     assert parent.data.metrics["best/SumR"] == max(t["best"] for t in outcome["trials"])
+
+
+def process_names(pids: set[int]) -> set[str]:
+    """The executable names of the live processes among `pids` (zombies excluded)."""
+    names = set()
+    for pid in pids:
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if pid_alive(pid):
+            names.add(Path(argv0).name)
+    return names
+
+
+@pytest.mark.slow
+def test_killed_driver_leaves_no_ray_and_resume_finishes_the_sweep(tmp_path, tiny_data_root):
+    """SIGKILL (no handler runs, unlike SIGINT): the driver's local Ray goes with it, and a
+    resume closes the runs it left RUNNING and finishes every trial once, in its own run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    epochs = 3
+    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "killed", epochs=epochs, body={
+        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"},
+        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]}, "model.tcp": {"choice": [True, False]}}})
+    client = MlflowClient(tracking_uri=uri)
+    env = driver_env(uri)
+
+    driver = start_driver(spec, tmp_path, env)
+    last_epoch = lambda: [r for r in result_rows(tmp_path / "ray") if r.get("epoch") == epochs]
+    wait_until(lambda: bool(last_epoch()), 240, driver, tmp_path)
+    session = descendants([driver.pid])  # the local Ray that ray.init started in the driver
+    assert {"gcs_server", "raylet"} <= process_names(session), process_names(session)
+    driver.send_signal(signal.SIGKILL)
+    assert driver.wait(timeout=30) == -signal.SIGKILL
+    deadline = time.monotonic() + 15
+    while any(pid_alive(pid) for pid in session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process_names(session) == set(), "Ray processes outlived the killed driver"
+    (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in child_runs(client, "killed")}
+    assert client.get_run(parent_id).info.status == "RUNNING"  # nobody closed it
+
+    code, log = finish_driver(start_driver(spec, tmp_path, env, "--resume"), tmp_path, 300)
+    assert code == 0, log[-3000:]
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert not outcome["interrupted"] and outcome["parent_run_id"] == parent_id
+    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 2
+    runs = child_runs(client, "killed")
+    assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
+        t["trial_id"] for t in outcome["trials"])  # one run per trial, none duplicated
+    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+    for run in runs:
+        steps = {m.step for m in client.get_metric_history(run.info.run_id, "val/SumR")}
+        assert steps == set(range(epochs)), (run.info.run_name, steps)
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials/terminated"] == 2
+    assert parent.data.metrics["best/SumR"] == max(t["best"] for t in outcome["trials"])
+
+
+@pytest.mark.slow
+def test_local_ray_dying_under_the_driver_ends_it_with_how_to_resume(tmp_path, tiny_data_root):
+    """The driver's own raylet is SIGKILLed mid-trial (as `ray stop` or the OOM killer would):
+    the driver says so in one line with how to resume, exits 3 at once, leaves no Ray process,
+    and a resume finishes the sweep in the same runs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    epochs = 3
+    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "lost", epochs=epochs, body={
+        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"},
+        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]}}})
+    env = driver_env(uri)
+    driver = start_driver(spec, tmp_path, env)
+    wait_until(lambda: any(r.get("epoch") == 1 for r in result_rows(tmp_path / "ray")), 240,
+               driver, tmp_path)
+    session = descendants([driver.pid])
+    (raylet,) = [pid for pid in session if process_names({pid}) == {"raylet"}]
+    os.kill(raylet, signal.SIGKILL)
+    killed_at = time.monotonic()
+    code, log = finish_driver(driver, tmp_path, 60)
+    assert code == 3 and time.monotonic() - killed_at < 15, log[-3000:]
+    (line,) = [x for x in log.splitlines() if x.startswith("error: the local Ray instance")]
+    assert f"its raylet (pid {raylet}) exited" in line and "make sweep RESUME=1" in line
+    deadline = time.monotonic() + 15
+    while any(pid_alive(pid) for pid in session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process_names(session) == set(), "Ray processes outlived the driver"
+
+    code, log = finish_driver(start_driver(spec, tmp_path, env, "--resume"), tmp_path, 300)
+    assert code == 0, log[-3000:]
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 2
+    runs = child_runs(MlflowClient(tracking_uri=uri), "lost")
+    assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
+        t["trial_id"] for t in outcome["trials"])
+    assert [r.info.status for r in runs] == ["FINISHED"] * 2
 
 
 @pytest.mark.slow
