@@ -2,7 +2,7 @@
 
 Exit codes: 0 written; 1 no complete run to tabulate; 2 bad input (bad spec, override, cluster
 address, baseline row); 3 the grid was interrupted (tables of the finished trials are written;
-continue with --resume).
+continue with --resume), or its local Ray died under it (no tables; continue with --resume).
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """`msc sweep SPEC [key=value ...]`: run a Ray Tune sweep and print its best trial.
 
 Exit codes: 0 the sweep ran to the end (failed trials are listed, not fatal); 1 no trial
-finished; 2 a bad spec, override or cluster address; 3 interrupted (continue with --resume).
+finished; 2 a bad spec, override or cluster address (an address where no Ray cluster answers
+fails within seconds, before anything is written); 3 interrupted, or its local Ray died under
+it (continue with --resume).
 """
 from __future__ import annotations
 
