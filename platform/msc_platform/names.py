@@ -8,6 +8,9 @@ from __future__ import annotations
 # --- tags: MLflow's own
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # on every experiment the platform creates
+TRAINING_EXPERIMENT_KIND = "custom_model_development"  # the UI's "Machine learning" kind
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # on a dataset input: the split it was used as
 
 # --- tags: what a run is
 ROLE_TAG = "msc.role"  # absent on training runs
@@ -37,6 +40,16 @@ INIT_FROM_FORMAT_TAG = "init_from_format"
 INIT_FROM_SHA256_TAG = "init_from_sha256"
 CHECKPOINT_FORMAT_TAG = "checkpoint_format"
 CHECKPOINT_SHA256_TAG = "checkpoint_sha256"
+CHECKPOINT_MODEL_TAG = "checkpoint_model"  # `msc eval` of a models:/ URI: "<name>/<version>"
+
+# --- dataset inputs: one per split, named "<collection>/<split>", context = the split
+TRAIN_SPLIT = "train"
+VAL_SPLIT = "val"
+
+# --- model registry
+REGISTERED_MODEL_PREFIX = "msc-"  # + the collection: msc-synthetic, msc-tvr, ...
+BEST_MODEL_ALIAS = "best"  # moved by the latest run or sweep that registered a version
+REGISTERED_MODEL_TAG = "msc.registered_model"  # on the run that registered: "<name>/<version>"
 
 # --- metrics
 LOSS_TOTAL = "loss/total"
@@ -48,6 +61,7 @@ BEST_EPOCH = "best_epoch"
 EPOCH_TIME = "epoch_time_s"
 VAL_SUMR = VAL_PREFIX + "SumR"
 BEST_SUMR = BEST_PREFIX + "SumR"
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics (CPU, memory, disk, network, GPU)
 
 # --- artifacts
 CONFIG_ARTIFACT = "config.yaml"
@@ -58,3 +72,5 @@ SWEEP_SPEC_DIR = "sweep"
 SWEEP_SPACE_ARTIFACT = "sweep/space.yaml"
 SWEEP_BASE_CONFIG_ARTIFACT = "sweep/base_config.yaml"
 SWEEP_BEST_ARTIFACT = "sweep/best.json"
+MODEL_WEIGHTS_FILE = "data/model.pth"  # in a logged model's folder (pytorch flavour, pickle)
+MODEL_CONFIG_FILE = "extra_files/config.yaml"  # ... and the run's resolved config beside it

@@ -1,7 +1,9 @@
-"""`msc eval`: evaluate a checkpoint (this project's or the released `best.ckpt`) on the val split."""
+"""`msc eval`: evaluate a checkpoint (this project's, the released `best.ckpt`, or a registered
+MLflow model) on the val split."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -15,13 +17,18 @@ from msc_platform.run.config import DEFAULT_CONFIG, ConfigError
 def register(subparsers) -> None:
     """Add `msc eval` to the `msc` command."""
     evaluate = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint (this project's or the released best.ckpt) on val",
+        "eval", help="evaluate a checkpoint (this project's, the released best.ckpt, or a "
+        "registered model) on val",
         description="R@1/5/10/100 and SumR (fused, clip, frame) and collapse diagnostics of a "
         "checkpoint: JSON on stdout, a table on stderr, and one MLflow run (metrics, "
         "ranks.parquet, tags checkpoint_format and checkpoint_sha256). The model comes from the "
         "checkpoint; the data and evaluation settings from --config.")
     evaluate.add_argument("--checkpoint", required=True,
-                          help="last.pt / best.pt of a run, or the released code's best.ckpt")
+                          help="last.pt / best.pt of a run, the released code's best.ckpt, or a "
+                          "registered model: models:/msc-<collection>@best (also "
+                          "models:/<name>/<version>), looked up in the registry at tracking.uri "
+                          "of --config or the overrides, else $MLFLOW_TRACKING_URI, else "
+                          "sqlite:///mlflow.db")
     evaluate.add_argument("--config", help="YAML config for data, evaluation and tracking "
                           "(default: the checkpoint's own config; for a released checkpoint "
                           f"{DEFAULT_CONFIG})")
@@ -40,9 +47,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from msc_platform.run.checkpoint_eval import evaluate_checkpoint
 
     try:
-        result = evaluate_checkpoint(args.checkpoint, config_path=args.config,
-                                     overrides=args.overrides, data_root=args.data_root,
-                                     device=args.device)
+        # stdout carries only the JSON: MLflow prints run links there when it logs to a server
+        with contextlib.redirect_stdout(sys.stderr):
+            result = evaluate_checkpoint(args.checkpoint, config_path=args.config,
+                                         overrides=args.overrides, data_root=args.data_root,
+                                         device=args.device)
     except (ConfigError, DataValidationError, CheckpointError) as err:
         return fail(str(err))
     payload = {"checkpoint": args.checkpoint, "format": result.format, "sha256": result.sha256,

@@ -1,15 +1,22 @@
-"""`msc eval`: evaluate a checkpoint of either format on a dataset and record it in MLflow.
+"""`msc eval`: evaluate a checkpoint of either format, or a registered model, on a dataset and
+record it in MLflow.
 
+The checkpoint is a file (this project's last.pt/best.pt or the released best.ckpt) or a
+`models:/<name>@<alias>` (`/<version>`, `/<model id>`) URI of a model that a run registered
+(msc_platform.run.registry), downloaded to a temporary folder from the registry at the
+tracking URI of `--config` / the overrides (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
 The model (its weights and its MSCConfig) always comes from the checkpoint. The data, training
 (evaluation chunking, device) and tracking settings come from `--config` when given; otherwise a
-project checkpoint uses the config stored in it (logging to experiment EVAL_EXPERIMENT) and a
-released checkpoint uses the default synthetic config. Overrides apply last.
+project checkpoint or a registered model uses the config stored in it (logging to experiment
+EVAL_EXPERIMENT) and a released checkpoint uses the default synthetic config. Overrides apply
+last.
 
 The MLflow run holds the flattened config as params, the metrics under the training run's
 names (`val/R1` ... `val/frame/SumR`, `diag/...`) at step = the checkpoint's epoch,
-`config.yaml` and `ranks.parquet`, and the tags `msc.role=eval` (the tables leave such runs
-out), `checkpoint`, `checkpoint_format` (msc | authors), `checkpoint_sha256`, `dataset`,
-`dataset_fingerprint`, `device`, git state and package versions.
+`config.yaml` and `ranks.parquet`, the val split as a dataset input, and the tags
+`msc.role=eval` (the tables leave such runs out), `checkpoint`, `checkpoint_format`
+(msc | authors | mlflow), `checkpoint_sha256`, `checkpoint_model` (`<name>/<version>` of a
+registered model), `dataset`, `dataset_fingerprint`, `device`, git state and package versions.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import torch
 
 from msc_platform.names import (
     CHECKPOINT_FORMAT_TAG,
+    CHECKPOINT_MODEL_TAG,
     CHECKPOINT_SHA256_TAG,
     CONFIG_ARTIFACT,
     DATASET_FINGERPRINT_TAG,
@@ -32,6 +40,7 @@ from msc_platform.names import (
     EVAL_ROLE,
     RANKS_ARTIFACT,
     ROLE_TAG,
+    VAL_SPLIT,
 )
 from msc_platform.run.config import (
     DEFAULT_CONFIG,
@@ -41,14 +50,27 @@ from msc_platform.run.config import (
     apply_overrides,
     flatten,
     load_config,
+    parse_overrides,
     resolve_data_root,
     to_yaml,
 )
 from msc_platform.run.data import TrainingData, prepare_data
 from msc_platform.run.evaluate import evaluate, logged_metrics
-from msc_platform.run.model_checkpoints import AUTHORS_FORMAT, LoadedModel, load_model_checkpoint
+from msc_platform.run.model_checkpoints import (
+    AUTHORS_FORMAT,
+    LoadedModel,
+    load_logged_model,
+    load_model_checkpoint,
+)
+from msc_platform.run.registry import download_model, is_model_uri
 from msc_platform.run.runtime import apply_threads, keep_freed_memory, pick_device
-from msc_platform.run.tracking import RunTracker, git_state, package_versions, tracking_uri
+from msc_platform.run.tracking import (
+    RunTracker,
+    collection_inputs,
+    git_state,
+    package_versions,
+    tracking_uri,
+)
 
 EVAL_EXPERIMENT = "msc-eval"
 RELEASED_WIDTH_KEYS = "visual_feat_dim (model.video_dim) and q_feat_size (model.text_dim)"
@@ -58,14 +80,15 @@ RELEASED_WIDTH_KEYS = "visual_feat_dim (model.video_dim) and q_feat_size (model.
 class CheckpointEvaluation:
     """The outcome of evaluate_checkpoint."""
 
-    checkpoint: Path
-    format: str  # "msc" | "authors"
+    checkpoint: Path | str  # a file, or the models:/ URI as given
+    format: str  # "msc" | "authors" | "mlflow"
     sha256: str
     epoch: int | None
     config: ExperimentConfig  # the resolved config the evaluation ran with
     metrics: dict[str, float]  # evaluate's keys: R@1 ... SumR, clip/..., frame/..., diag
     ranks: pd.DataFrame
     run_id: str | None  # None when tracking.enabled is false
+    model_version: str | None = None  # "<name>/<version>" (or the model id) of a models:/ URI
 
 
 def eval_config(loaded: LoadedModel, config_path: str | os.PathLike | None,
@@ -86,7 +109,7 @@ def eval_config(loaded: LoadedModel, config_path: str | os.PathLike | None,
     return cfg
 
 
-def _data_for(loaded: LoadedModel, cfg: ExperimentConfig, path: Path) -> TrainingData:
+def _data_for(loaded: LoadedModel, cfg: ExperimentConfig, path: Path | str) -> TrainingData:
     """prepare_data, with a width mismatch reported against the checkpoint. Raises ConfigError
     / DataValidationError."""
     try:
@@ -99,10 +122,45 @@ def _data_for(loaded: LoadedModel, cfg: ExperimentConfig, path: Path) -> Trainin
 
 
 def _eval_tags(result: CheckpointEvaluation, data: TrainingData, device: torch.device) -> dict:
-    return {**git_state(), **package_versions(), ROLE_TAG: EVAL_ROLE,
+    tags = {**git_state(), **package_versions(), ROLE_TAG: EVAL_ROLE,
             "checkpoint": str(result.checkpoint), CHECKPOINT_FORMAT_TAG: result.format,
             CHECKPOINT_SHA256_TAG: result.sha256, DATASET_TAG: result.config.data.collection,
             DATASET_FINGERPRINT_TAG: data.fingerprint, DEVICE_TAG: str(device)}
+    if result.model_version:
+        tags[CHECKPOINT_MODEL_TAG] = result.model_version
+    return tags
+
+
+def _run_name(checkpoint: Path | str) -> str:
+    """`eval best.pt` for a file, `eval models:/msc-synthetic@best` for a registered model."""
+    return f"eval {checkpoint if is_model_uri(checkpoint) else Path(checkpoint).name}"
+
+
+def registry_uri(config_path: str | os.PathLike | None, overrides: list[str] | None) -> str:
+    """The tracking URI whose registry resolves a models:/ checkpoint: `tracking.uri` of the
+    overrides, else of `config_path`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
+    Raises ConfigError for a bad config file or override."""
+    for key, value, text in reversed(parse_overrides(list(overrides or []))):
+        if key == "tracking.uri":
+            return tracking_uri(None if value is None else text)
+    configured = load_config(config_path).tracking.uri if config_path is not None else None
+    return tracking_uri(configured)
+
+
+def load_for_eval(checkpoint: str | os.PathLike, config_path: str | os.PathLike | None,
+                  overrides: list[str] | None) -> tuple[LoadedModel, str | None]:
+    """The model of a checkpoint file, or of a models:/ URI (downloaded to a temporary folder
+    that is gone on return); returns (model, `<name>/<version>` of a registered model or None).
+
+    Raises CheckpointError naming the file or URI (missing, unreadable, unknown model or
+    alias), ConfigError for a bad stored config, config file or override.
+    """
+    if not is_model_uri(checkpoint):
+        return load_model_checkpoint(checkpoint), None
+    uri = registry_uri(config_path, overrides)
+    with tempfile.TemporaryDirectory(prefix="msc-model-") as folder:
+        local, version = download_model(str(checkpoint), uri, folder)
+        return load_logged_model(local, str(checkpoint)), version
 
 
 def log_evaluation(result: CheckpointEvaluation, data: TrainingData, device: torch.device) -> str:
@@ -112,9 +170,12 @@ def log_evaluation(result: CheckpointEvaluation, data: TrainingData, device: tor
     """
     cfg = result.config
     tracker = RunTracker.open(tracking_uri(cfg.tracking.uri), cfg.tracking.experiment,
-                              run_name=cfg.tracking.run_name or f"eval {result.checkpoint.name}")
+                              run_name=cfg.tracking.run_name or _run_name(result.checkpoint))
     try:
         tracker.set_tags(_eval_tags(result, data, device))
+        data_folder = Path(cfg.data.root) / cfg.data.collection
+        tracker.log_datasets(collection_inputs(cfg.data.collection, data_folder, data.report,
+                                               (VAL_SPLIT,)))
         tracker.log_params(flatten(cfg))
         tracker.log_text(to_yaml(cfg), CONFIG_ARTIFACT)
         tracker.log_metrics(logged_metrics(result.metrics), step=max(result.epoch or 0, 0))
@@ -132,15 +193,16 @@ def log_evaluation(result: CheckpointEvaluation, data: TrainingData, device: tor
 def evaluate_checkpoint(path: str | os.PathLike, *, config_path: str | os.PathLike | None = None,
                         overrides: list[str] | None = None, data_root: str | None = None,
                         device: str | None = None) -> CheckpointEvaluation:
-    """Evaluate the checkpoint at `path` (this project's last.pt/best.pt or a released
-    best.ckpt) on the validation split of the configured data, and log it to MLflow unless
-    tracking.enabled is false.
+    """Evaluate the checkpoint at `path` (this project's last.pt/best.pt, a released
+    best.ckpt, or a models:/ URI of a registered model) on the validation split of the
+    configured data, and log it to MLflow unless tracking.enabled is false.
 
-    Raises CheckpointError for a bad or foreign file, ConfigError for a bad config or a model
-    whose widths do not fit the data (naming the file), DataValidationError for bad data.
+    Raises CheckpointError for a bad or foreign file or an unknown model URI, ConfigError for
+    a bad config or a model whose widths do not fit the data (naming the file), and
+    DataValidationError for bad data.
     """
-    path = Path(path)
-    loaded = load_model_checkpoint(path)
+    path = path if is_model_uri(path) else Path(path)
+    loaded, version = load_for_eval(path, config_path, overrides)
     cfg = eval_config(loaded, config_path, overrides, data_root)
     target = pick_device(device or cfg.train.device)
     apply_threads(cfg.train.num_threads)
@@ -148,7 +210,7 @@ def evaluate_checkpoint(path: str | os.PathLike, *, config_path: str | os.PathLi
     data = _data_for(loaded, cfg, path)
     evaluation = evaluate(loaded.model.to(target), data, cfg, device=target)
     result = CheckpointEvaluation(path, loaded.format, loaded.sha256, loaded.epoch, cfg,
-                                  evaluation["metrics"], evaluation["ranks"], None)
+                                  evaluation["metrics"], evaluation["ranks"], None, version)
     if cfg.tracking.enabled:
         result.run_id = log_evaluation(result, data, target)
     return result

@@ -122,6 +122,10 @@ class TrackingConfig:
     experiment: NonEmptyText = "msc"
     run_name: Text | None = None
     log_checkpoint: Bool = True  # upload best.pt as an artifact at the end
+    # log best.pt as an MLflow model (pytorch flavour) and register it as msc-<collection>@best
+    register_model: Bool = True
+    system_metrics: Bool = True  # MLflow system metrics (CPU, memory, disk, network, GPU)
+    system_metrics_interval_s: PositiveFloat = 10.0  # seconds between system metric samples
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Model weights from either checkpoint format: detection, loading, shape checks, export.
 
-Two formats are read:
+Two checkpoint formats are read (and, with `load_logged_model`, an MLflow model folder that
+msc_platform.run.registry logged: format "mlflow"):
 - "msc": this project's `last.pt` / `best.pt` (msc_platform.run.checkpoint): keys `model` (the
   state dict) and `config` (the nested config with its `model:` section), `epoch`, `history`.
 - "authors": the released code's `best.ckpt`: keys `state_dict` (the released module names),
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow.pytorch
 import torch
+from mlflow.models import Model
 
 from model.config import MSCConfig
 from model.interop import (
@@ -29,10 +32,11 @@ from model.interop import (
     to_authors_state_dict,
 )
 from model.network import MSC
+from msc_platform.names import MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from msc_platform.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from msc_platform.run.config import ExperimentConfig, from_dict
+from msc_platform.run.config import ExperimentConfig, from_dict, read_yaml
 
-MSC_FORMAT, AUTHORS_FORMAT = "msc", "authors"
+MSC_FORMAT, AUTHORS_FORMAT, MLFLOW_FORMAT = "msc", "authors", "mlflow"
 AUTHORS_KEYS = ("state_dict", "config", "model_val")
 MSC_KEYS = ("model", "config")
 RECALL_KEYS = ("R1", "R5", "R10", "R100", "SumR")  # model_val order, MLflow spelling
@@ -42,7 +46,7 @@ RECALL_KEYS = ("R1", "R5", "R10", "R100", "SumR")  # model_val order, MLflow spe
 class LoadedModel:
     """A model rebuilt from a checkpoint file, with what the file says about it."""
 
-    format: str  # MSC_FORMAT | AUTHORS_FORMAT
+    format: str  # MSC_FORMAT | AUTHORS_FORMAT | MLFLOW_FORMAT
     model: MSC  # weights loaded, on the CPU
     model_config: MSCConfig
     stored_config: ExperimentConfig | None  # the full config of a project checkpoint
@@ -139,6 +143,38 @@ def _rebuild(path: Path, state: dict[str, Any], kind: str) -> LoadedModel:
         if kind == AUTHORS_FORMAT:
             return _load_authors(path, state, sha256)
         return _load_msc(path, state, sha256)
+
+
+def load_logged_model(folder: str | os.PathLike, source: str) -> LoadedModel:
+    """Rebuild the model of an MLflow model folder logged by msc_platform.run.registry (the
+    pickled MSC module under data/, the run's config in extra_files/config.yaml), on the CPU.
+
+    The network is built anew from the config and given the stored module's weights, so a
+    module pickled by older code still loads when its weights fit. `source` (the models:/ URI)
+    names the model in errors. Raises CheckpointError (no config, weights that cannot be
+    unpickled or do not fit) and ConfigError for a bad stored config.
+    """
+    folder = Path(folder)
+    config_path, weights = folder / MODEL_CONFIG_FILE, folder / MODEL_WEIGHTS_FILE
+    if not config_path.is_file() or not weights.is_file():
+        raise CheckpointError(f"{source}: not an MSC model: it lacks {MODEL_CONFIG_FILE} or "
+                              f"{MODEL_WEIGHTS_FILE}")
+    cfg = from_dict(read_yaml(config_path), f"{source} {MODEL_CONFIG_FILE}")
+    try:
+        stored = mlflow.pytorch.load_model(str(folder), map_location="cpu")
+    except Exception as err:  # unpickling runs arbitrary code: any error means "cannot load"
+        raise CheckpointError(f"{source}: cannot load {MODEL_WEIGHTS_FILE}: "
+                              f"{type(err).__name__}: {err}") from err
+    if not isinstance(stored, torch.nn.Module):
+        raise CheckpointError(f"{source}: {MODEL_WEIGHTS_FILE} holds a "
+                              f"{type(stored).__name__}, not a torch module")
+    with torch.random.fork_rng(devices=[]):
+        model = MSC(cfg.model)
+    check_state_dict(model.state_dict(), stored.state_dict(), source)
+    model.load_state_dict(stored.state_dict())
+    epoch = (Model.load(str(folder)).metadata or {}).get("epoch")
+    return LoadedModel(MLFLOW_FORMAT, model.eval(), cfg.model, cfg,
+                       None if epoch is None else int(epoch), file_sha256(weights))
 
 
 def check_state_dict(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor],

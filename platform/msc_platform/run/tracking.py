@@ -2,31 +2,50 @@
 
 The tracking URI is `tracking.uri`, else $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the
 working directory. For a SQLite store, new experiments keep their artifacts in `mlartifacts/`
-next to the database file (not in the working directory).
+next to the database file (not in the working directory). Experiments the platform creates are
+tagged `mlflow.experimentKind=custom_model_development` (MLflow's "Machine learning" kind).
+
+Besides params, metrics, tags and artifacts, a run records its data as MLflow dataset inputs
+(`collection_inputs`, `RunTracker.log_datasets`) and, while it trains, MLflow's system metrics
+(`system_metrics`). `experiment_runs_url` and `run_url` give the UI pages of an experiment and a
+run.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform as std_platform
 import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from msc_platform.names import ERROR_TAG, PARENT_RUN_TAG
+from msc_platform.names import (
+    DATASET_CONTEXT_TAG,
+    ERROR_TAG,
+    EXPERIMENT_KIND_TAG,
+    PARENT_RUN_TAG,
+    TRAINING_EXPERIMENT_KIND,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` (make mlflow-ui) serves a local store
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"  # opens the UI's model-training pages
+DIGEST_LIMIT = 36  # MLflow refuses dataset digests longer than this
 PACKAGES = ("torch", "numpy", "mlflow", "ray", "h5py", "msc-platform")
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 METRIC_BATCH = 1000  # ... and at most 1000 metrics
 TAG_LIMIT = 5000  # characters kept of a tag value (MLflow caps tag values)
 REPO_ROOT = Path(__file__).resolve().parents[3]
+MONITOR_LOGGER = "mlflow.system_metrics.system_metrics_monitor"
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -43,19 +62,66 @@ def _sqlite_artifact_root(uri: str) -> str | None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment `name`, created when missing (safe when trials race to create it)."""
+    """The id of experiment `name`, created when missing (safe when trials race to create it).
+
+    The experiment gets tag mlflow.experimentKind=custom_model_development when it is created,
+    and when an existing one lacks that tag (a kind set by someone else is kept). Raises what
+    MLflow raises when the store cannot be read or written.
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    root = _sqlite_artifact_root(uri)
-    location = f"{root}/{name}" if root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        root = _sqlite_artifact_root(uri)
+        location = f"{root}/{name}" if root else None
+        try:
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND})
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
+                                  TRAINING_EXPERIMENT_KIND)
+    return experiment.experiment_id
+
+
+def ui_address(uri: str, local_ui: str = LOCAL_UI) -> str:
+    """The address of the MLflow UI for tracking URI `uri`: the server itself for http(s)://,
+    else `local_ui` (where `mlflow ui` serves a SQLite or file store)."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else local_ui
+
+
+def experiment_runs_url(ui_base: str, experiment_id: str) -> str:
+    """The UI page listing the runs of experiment `experiment_id` (the model-training view:
+    without `workflowType=machine_learning`, MLflow 3.x UIs open the GenAI pages)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW_QUERY}"
+
+
+def run_url(ui_base: str, experiment_id: str, run_id: str) -> str:
+    """The UI page of run `run_id` in experiment `experiment_id` (model-training view)."""
+    return (f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            f"?{UI_WORKFLOW_QUERY}")
+
+
+def collection_inputs(collection: str, folder: str | os.PathLike, report: Any,
+                      splits: tuple[str, ...]) -> list[DatasetInput]:
+    """One MLflow dataset input per split of a collection (`report`: its validation Report).
+
+    name `<collection>/<split>` (distinct per split: MLflow keeps one input per name and digest),
+    digest the first DIGEST_LIMIT characters of `report.fingerprint` (the feature cache's key
+    source), source the collection's folder (source type `local`), tag mlflow.data.context = the
+    split, and the split's video and caption counts and the feature widths as the profile.
+    """
+    source = json.dumps({"uri": str(Path(folder).resolve())})
+    digest = report.fingerprint[:DIGEST_LIMIT] or "unknown"
+    inputs = []
+    for split in splits:
+        profile = {"videos": report.videos.get(split), "captions": report.captions.get(split),
+                   "video_dim": report.video_dim, "text_dim": report.text_dim}
+        dataset = Dataset(name=f"{collection}/{split}", digest=digest, source_type="local",
+                          source=source, profile=json.dumps(profile, sort_keys=True))
+        inputs.append(DatasetInput(dataset, [InputTag(DATASET_CONTEXT_TAG, split)]))
+    return inputs
 
 
 def git_state(repo: Path = REPO_ROOT) -> dict[str, str]:
@@ -130,6 +196,12 @@ class RunTracker:
         """True when the run already holds params (a resumed run)."""
         return bool(self.client.get_run(self.run_id).data.params)
 
+    def log_datasets(self, inputs: list[DatasetInput]) -> None:
+        """Record dataset inputs (collection_inputs) on the run. An input the run already has
+        (same name and digest: a resumed run) is not added again."""
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=list(inputs))
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params (values as strings; None as 'None'), PARAM_BATCH at a time."""
         items = [Param(key, str(value)) for key, value in params.items()]
@@ -190,6 +262,9 @@ class NullTracker(RunTracker):
     def logged_steps(self, key: str) -> set[int]:
         return set()
 
+    def log_datasets(self, inputs: list[DatasetInput]) -> None:
+        pass
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         pass
 
@@ -201,3 +276,55 @@ class NullTracker(RunTracker):
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         pass
+
+
+@contextmanager
+def quiet(logger_name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Drop the records of logger `logger_name` below `level` while the block runs."""
+    logger = logging.getLogger(logger_name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _start_monitor(tracker: RunTracker, interval_s: float):
+    """A started MLflow SystemMetricsMonitor logging into the tracker's run, or None when the
+    tracker records nothing or psutil (which MLflow's monitor needs) is missing (noted on
+    stderr). Its steps continue those of a resumed run."""
+    if tracker.run_id is None:
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as err:
+        print(f"note: no system metrics for run {tracker.run_id}: {err} "
+              "(pip install psutil)", file=sys.stderr)
+        return None
+    with quiet(MONITOR_LOGGER):  # its INFO lines, per run and per sweep trial
+        monitor = SystemMetricsMonitor(tracker.run_id, sampling_interval=interval_s,
+                                       samples_before_logging=1, resume_logging=True,
+                                       tracking_uri=tracker.client.tracking_uri)
+        monitor.start()
+    return monitor
+
+
+@contextmanager
+def system_metrics(tracker: RunTracker, interval_s: float, enabled: bool = True) -> Iterator[Any]:
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network; GPU
+    when pynvml imports) sampled every `interval_s` seconds into the tracker's run while the
+    block runs; yields the monitor (None when off).
+
+    The monitor's thread is stopped and its last samples flushed when the block ends, normally
+    or by an exception; that never raises (MLflow logs what went wrong). A block shorter than
+    one interval records no sample. $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, when set, beats
+    `interval_s`.
+    """
+    monitor = _start_monitor(tracker, interval_s) if enabled else None
+    try:
+        yield monitor
+    finally:
+        if monitor is not None:
+            with quiet(MONITOR_LOGGER):
+                monitor.finish()

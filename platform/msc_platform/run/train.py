@@ -13,6 +13,11 @@ close_run=False and its driver decides, see msc_platform.sweeps.trial_runs):
   message is in tag `error`.
 - KILLED (re-raised): SystemExit or KeyboardInterrupt, e.g. Ray Tune stopping a trial from
   inside `tune.report`; tag `error` says what stopped it.
+
+Besides params, metrics, tags and artifacts the run records its data as two dataset inputs
+(`<collection>/train`, `<collection>/val`), MLflow's system metrics while it trains
+(tracking.system_metrics), and, when it closes FINISHED, its best.pt as a registered model
+`msc-<collection>@best` (tracking.register_model; msc_platform.run.registry).
 """
 from __future__ import annotations
 
@@ -44,12 +49,15 @@ from msc_platform.names import (
     METRICS_ARTIFACT,
     RANKS_ARTIFACT,
     STOP_REASON_TAG,
+    TRAIN_SPLIT,
+    VAL_SPLIT,
 )
 from msc_platform.run.checkpoint import load_checkpoint, save_checkpoint
 from msc_platform.run.config import ConfigError, ExperimentConfig, flatten, to_dict, to_yaml
 from msc_platform.run.data import TrainingData, prepare_data
 from msc_platform.run.evaluate import autocast, evaluate, logged_metrics, metric_name
 from msc_platform.run.model_checkpoints import load_initial_model
+from msc_platform.run.registry import register_best_model
 from msc_platform.run.runtime import (
     apply_threads,
     capture_rng_state,
@@ -62,8 +70,10 @@ from msc_platform.run.runtime import (
 from msc_platform.run.tracking import (
     NullTracker,
     RunTracker,
+    collection_inputs,
     git_state,
     package_versions,
+    system_metrics,
     tracking_uri,
 )
 
@@ -322,6 +332,14 @@ def _run_tags(cfg: ExperimentConfig, data: TrainingData, device: torch.device) -
             DATASET_FINGERPRINT_TAG: data.fingerprint, DEVICE_TAG: str(device)}
 
 
+def _log_datasets(tracker: RunTracker, cfg: ExperimentConfig, data: TrainingData) -> None:
+    """The run's dataset inputs: `<collection>/train` and `<collection>/val` (MLflow adds none
+    twice, so a resumed run keeps one of each while the data is unchanged)."""
+    folder = Path(cfg.data.root) / cfg.data.collection
+    tracker.log_datasets(collection_inputs(cfg.data.collection, folder, data.report,
+                                           (TRAIN_SPLIT, VAL_SPLIT)))
+
+
 def _start_from(model: MSC, path: str) -> dict[str, str]:
     """Load the weights of checkpoint `path` (either format) into `model` (train.init_from);
     returns the run's init_from tags. Raises CheckpointError naming the file and the key when
@@ -404,10 +422,13 @@ def _result(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> TrainResult
 
 
 def _close_finished(trainer: Trainer, tracker: RunTracker, out_dir: Path) -> None:
-    """Log the run record (best metrics, artifacts) and end the run FINISHED."""
+    """Log the run record (best metrics, artifacts), register best.pt (tracking.register_model)
+    and end the run FINISHED."""
     state, cfg = trainer.state, trainer.cfg
     log_run_record(tracker, state.best_metrics, state.epoch, state.history, out_dir,
                    cfg.tracking.log_checkpoint)
+    if cfg.tracking.register_model and tracker.run_id and (out_dir / BEST).is_file():
+        register_best_model(tracker.client, tracker.run_id, out_dir / BEST)
     tracker.finish("FINISHED")
 
 
@@ -419,6 +440,7 @@ def _prepare(cfg: ExperimentConfig, tracker: RunTracker, checkpoint: dict | None
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     data = prepare_data(cfg)
     tracker.set_tags(_run_tags(cfg, data, device))
+    _log_datasets(tracker, cfg, data)
     if not tracker.has_params():
         tracker.log_params(flatten(cfg))
     tracker.log_text(to_yaml(cfg), CONFIG_ARTIFACT)
@@ -443,10 +465,12 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
     raise StopTraining to end the run gracefully. cfg.train.init_from: a checkpoint of either
     format whose weights start a fresh run (ignored when resuming from last.pt); tags init_from,
     init_from_format, init_from_sha256.
-    close_run: end the MLflow run here (FINISHED with its record, FAILED or KILLED, as the
-    module docstring says). False when the caller owns the run's status (a sweep trial, whose
+    close_run: end the MLflow run here (FINISHED with its record and registered model, FAILED or
+    KILLED, as the module docstring says). False when the caller owns the run's status (a sweep trial, whose
     run the sweep driver opens and closes): `run_id` must name an existing run, which is only
     logged into, never reopened, closed or given its closing record.
+    System metrics (tracking.system_metrics) are sampled from the run's start until training
+    ends; their thread is stopped before train() returns or raises.
     Raises ConfigError / DataValidationError for bad input before training starts, CheckpointError
     for an init_from checkpoint that is unreadable or does not fit the model,
     NonFiniteLossError when the loss stops being finite (with close_run, the run ends FAILED).
@@ -458,12 +482,14 @@ def train(cfg: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = F
     tracker = (_open_tracker(cfg, run_id, parent_run_id, tags) if close_run
                else _attach_tracker(cfg, run_id, tags))
     try:
-        trainer = _prepare(cfg, tracker, checkpoint)
-        try:
-            _run_epochs(trainer, tracker, out_dir, on_epoch)
-        except StopTraining as stop:
-            if close_run:
-                tracker.set_tags({STOP_REASON_TAG: str(stop) or "StopTraining from on_epoch"})
+        with system_metrics(tracker, cfg.tracking.system_metrics_interval_s,
+                            cfg.tracking.system_metrics):
+            trainer = _prepare(cfg, tracker, checkpoint)
+            try:
+                _run_epochs(trainer, tracker, out_dir, on_epoch)
+            except StopTraining as stop:
+                if close_run:
+                    tracker.set_tags({STOP_REASON_TAG: str(stop) or "StopTraining from on_epoch"})
         if close_run:
             _close_finished(trainer, tracker, out_dir)
         return _result(trainer, tracker, out_dir)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +25,12 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from msc_platform.names import TRIAL_TAG
+from msc_platform.names import REGISTERED_MODEL_TAG, TRIAL_TAG
 from msc_platform.run.config import apply_overrides
 from msc_platform.run.data import prepare_data
+from msc_platform.run.registry import ModelRecord, register_best_model
 from msc_platform.run.tracking import RunTracker
+from msc_platform.run.train import BEST
 from msc_platform.sweeps.ray_session import ray_session
 from msc_platform.sweeps.records import absolute_tracking_uri, finish_parent_run, open_parent_run
 from msc_platform.sweeps.spec import (
@@ -83,6 +86,7 @@ class SweepOutcome:
     storage_dir: str
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
+    registered_model: str | None = None  # "msc-<collection>/<version>" of the best trial's model
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
@@ -299,7 +303,9 @@ def _pick_best(spec: SweepSpec, summaries: list[TrialSummary]) -> TrialSummary |
 
 
 def _conclude(spec: SweepSpec, parent: RunTracker, trials, path: str) -> SweepOutcome:
-    """The final pass over the child runs, then the best trial on the parent run and the outcome."""
+    """The final pass over the child runs, then the best trial on the parent run, its best.pt
+    registered as msc-<collection>@best (a finished sweep with tracking.register_model) and the
+    outcome."""
     client: MlflowClient = parent.client
     settle_trial_runs(client, _runs_by_trial(client, spec, parent.run_id), _outcomes(spec, trials))
     runs_by_trial = _runs_by_trial(client, spec, parent.run_id)
@@ -314,10 +320,35 @@ def _conclude(spec: SweepSpec, parent: RunTracker, trials, path: str) -> SweepOu
               "metrics": {k[len("best/"):]: v for k, v in best_metrics.items()
                           if k.startswith("best/")}} if best else None
     finish_parent_run(parent, record, counts, "KILLED" if interrupted else "FINISHED")
+    registered = None
+    if best and not interrupted and spec.base.tracking.register_model:
+        model = _register_best(client, best, trials)
+        if model is not None:
+            registered = f"{model.name}/{model.version}"
+            parent.set_tags({REGISTERED_MODEL_TAG: registered})
     return SweepOutcome(name=spec.name, experiment=spec.mlflow_experiment,
                         parent_run_id=parent.run_id, best_config=best.overrides if best else {},
                         best_metrics=best_metrics, storage_dir=path, trials=summaries,
-                        interrupted=interrupted)
+                        interrupted=interrupted, registered_model=registered)
+
+
+def _register_best(client: MlflowClient, best: TrialSummary, trials) -> ModelRecord | None:
+    """Register best.pt of the best trial's last Tune checkpoint as a model of its child run
+    (msc-<collection>, alias `best` moved to it); None when the trial has no run or no best.pt
+    (noted on stderr) or the store has no registry. Raises what MLflow raises."""
+    trial = next((t for t in trials if t.trial_id == best.trial_id), None)
+    checkpoint = trial.checkpoint if trial is not None else None
+    if checkpoint is None or not best.run_id:
+        print(f"note: best trial {best.trial_id} left no checkpoint or run: no model registered",
+              file=sys.stderr)
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / BEST
+        if not path.is_file():
+            print(f"note: best trial {best.trial_id}: no {BEST} in its last checkpoint: "
+                  "no model registered", file=sys.stderr)
+            return None
+        return register_best_model(client, best.run_id, path)
 
 
 def _runs_by_trial(client: MlflowClient, spec: SweepSpec, parent_run_id: str) -> dict[str, Any]:
