@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.dropout import Dropout
 from model.packing import Packing
 
 MASK_PENALTY = -10000.0
@@ -51,7 +52,7 @@ class InputProjection(nn.Module):
     def __init__(self, in_dim: int, hidden: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(in_dim, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(in_dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,7 @@ class PositionalEmbedding(nn.Module):
         self.max_len = max_len
         self.embedding = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Add positions to x [B, L, D]; raises ValueError when L exceeds max_len."""
@@ -158,8 +159,8 @@ class MultiBranchAttentionLayer(nn.Module):
         self.heads = heads
         self.length = length
         self.qkv = StackedLinear(branches, hidden, 3 * hidden, parts=3)
-        self.attn_dropout = nn.Dropout(dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_attn = StackedLayerNorm(branches, hidden)
         self.ffn_in = StackedLinear(branches, hidden, 4 * hidden)
         self.ffn_out = StackedLinear(branches, 4 * hidden, hidden)
@@ -227,8 +228,8 @@ class CrossAttentionLayer(nn.Module):
         self.heads = heads
         self.query = nn.Linear(hidden, hidden)
         self.key_value = nn.Linear(hidden, 2 * hidden)
-        self.attn_dropout = nn.Dropout(dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_attn = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
         self.ffn_in = nn.Linear(hidden, hidden)
         self.ffn_out = nn.Linear(hidden, hidden)
@@ -280,7 +281,7 @@ class GaussianMixtureBlock(nn.Module):
         self.branches = MultiBranchAttentionLayer(hidden, heads, dropout, widths, length)
         self.cross_attention = CrossAttentionLayer(hidden, heads, dropout)
         self.fuse_hidden = nn.Linear(hidden, hidden)
-        self.fuse_dropout = nn.Dropout(dropout)
+        self.fuse_dropout = Dropout(dropout)
         self.fuse_out = nn.Linear(hidden, length)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, token: torch.Tensor,

@@ -218,3 +218,13 @@ def cbva_loss(frames, segments, labels, sizes, clip_feats, counts):
                       + segment_to_frame(frames[video], merged, marks))
         kept.append(len(merged))
     return torch.stack(losses).mean(), sum(kept) / len(kept)
+
+
+def dropout(x: torch.Tensor, bits: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout element by element from given random int32 `bits` (same shape as x): with
+    u = bit + 2^31 in [0, 2^32), keep x * (1 / (1 - p)) when u < round((1 - p) 2^32), else 0."""
+    limit, scale = round((1.0 - p) * 2 ** 32), 1.0 / (1.0 - p)
+    flat_x, flat_bits = x.reshape(-1).tolist(), bits.reshape(-1).tolist()
+    out = [value * scale if bit + 2 ** 31 < limit else 0.0
+           for value, bit in zip(flat_x, flat_bits, strict=True)]
+    return torch.tensor(out, dtype=x.dtype).reshape(x.shape)
