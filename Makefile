@@ -49,7 +49,8 @@ tables: $(STAMP) ## write tables and plots for an MLflow experiment (EXPERIMENT=
 	$(if $(EXPERIMENT),,$(error make tables needs EXPERIMENT=<MLflow experiment name>))
 	$(VENV)/bin/msc tables --experiment $(EXPERIMENT) $(ARGS)
 
-mlflow-ui: $(STAMP) ## open the MLflow UI on the same store (http://127.0.0.1:5000; MLFLOW_PORT=...)
+mlflow-ui: $(STAMP) ## open the MLflow UI on the same store; prints each experiment's runs page (MLFLOW_PORT=...)
+	$(PY) -m msc_platform.reports.ui_pages --port $(MLFLOW_PORT) --tracking-uri $(MLFLOW_TRACKING_URI)
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 cluster-up: $(STAMP) ## start a two-node Ray cluster here (head 127.0.0.2:6379 + worker); docs/sweeps.md

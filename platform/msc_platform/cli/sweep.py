@@ -20,6 +20,7 @@ from msc_platform.cluster.address import check_address
 from msc_platform.cluster.local import ClusterError, running_local_cluster
 from msc_platform.run.config import ConfigError
 from msc_platform.sweeps.spec import SweepSpecError, load_sweep_spec
+from msc_platform.ui_links import experiment_runs_url, run_url, ui_address
 
 if TYPE_CHECKING:
     from msc_platform.sweeps.runner import SweepOutcome
@@ -102,9 +103,13 @@ def print_summary(outcome: SweepOutcome, configured_uri: str | None) -> None:
         print("Best trial scores: " + ", ".join(f"{k[5:]}={v:.2f}" for k, v in sorted(scores.items())))
     else:
         print("\nNo trial finished.")
+    store = configured_uri or os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     print(f"\nMLflow: experiment '{outcome.experiment}', parent run {outcome.parent_run_id} "
-          f"(store: {configured_uri or os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')}); "
-          f"`make mlflow-ui` to compare the trials")
+          f"(store: {store}); `make mlflow-ui` to compare the trials")
+    if outcome.experiment_id:
+        base = ui_address(store)
+        print(f"  runs:       {experiment_runs_url(base, outcome.experiment_id)}")
+        print(f"  parent run: {run_url(base, outcome.experiment_id, outcome.parent_run_id)}")
     print(f"Ray Tune results: {outcome.storage_dir}")
     if outcome.interrupted:
         print("The sweep was interrupted: continue it with `make sweep RESUME=1` (or --resume).")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -44,7 +46,9 @@ def run_train(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path("runs") / f"{cfg.data.collection}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     try:
-        result = train(cfg, out, resume=args.resume)
+        # stdout carries only the JSON: MLflow prints run links there when it logs to a server
+        with contextlib.redirect_stdout(sys.stderr):
+            result = train(cfg, out, resume=args.resume)
     except (ConfigError, DataValidationError, CheckpointError, NonFiniteLossError) as err:
         return fail(str(err))
     print(json.dumps({"out": out, "run_id": result.run_id, "best_epoch": result.best_epoch,

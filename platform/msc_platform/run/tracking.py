@@ -7,8 +7,7 @@ tagged `mlflow.experimentKind=custom_model_development` (MLflow's "Machine learn
 
 Besides params, metrics, tags and artifacts, a run records its data as MLflow dataset inputs
 (`collection_inputs`, `RunTracker.log_datasets`) and, while it trains, MLflow's system metrics
-(`system_metrics`). `experiment_runs_url` and `run_url` give the UI pages of an experiment and a
-run.
+(`system_metrics`). The UI pages of an experiment and a run: msc_platform.ui_links.
 """
 from __future__ import annotations
 
@@ -37,8 +36,6 @@ from msc_platform.names import (
 )
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` (make mlflow-ui) serves a local store
-UI_WORKFLOW_QUERY = "workflowType=machine_learning"  # opens the UI's model-training pages
 DIGEST_LIMIT = 36  # MLflow refuses dataset digests longer than this
 PACKAGES = ("torch", "numpy", "mlflow", "ray", "h5py", "msc-platform")
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
@@ -83,24 +80,6 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG,
                                   TRAINING_EXPERIMENT_KIND)
     return experiment.experiment_id
-
-
-def ui_address(uri: str, local_ui: str = LOCAL_UI) -> str:
-    """The address of the MLflow UI for tracking URI `uri`: the server itself for http(s)://,
-    else `local_ui` (where `mlflow ui` serves a SQLite or file store)."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else local_ui
-
-
-def experiment_runs_url(ui_base: str, experiment_id: str) -> str:
-    """The UI page listing the runs of experiment `experiment_id` (the model-training view:
-    without `workflowType=machine_learning`, MLflow 3.x UIs open the GenAI pages)."""
-    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW_QUERY}"
-
-
-def run_url(ui_base: str, experiment_id: str, run_id: str) -> str:
-    """The UI page of run `run_id` in experiment `experiment_id` (model-training view)."""
-    return (f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-            f"?{UI_WORKFLOW_QUERY}")
 
 
 def collection_inputs(collection: str, folder: str | os.PathLike, report: Any,

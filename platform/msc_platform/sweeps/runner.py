@@ -87,6 +87,7 @@ class SweepOutcome:
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
     registered_model: str | None = None  # "msc-<collection>/<version>" of the best trial's model
+    experiment_id: str | None = None  # the MLflow experiment's id (for UI links)
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
@@ -329,7 +330,8 @@ def _conclude(spec: SweepSpec, parent: RunTracker, trials, path: str) -> SweepOu
     return SweepOutcome(name=spec.name, experiment=spec.mlflow_experiment,
                         parent_run_id=parent.run_id, best_config=best.overrides if best else {},
                         best_metrics=best_metrics, storage_dir=path, trials=summaries,
-                        interrupted=interrupted, registered_model=registered)
+                        interrupted=interrupted, registered_model=registered,
+                        experiment_id=client.get_run(parent.run_id).info.experiment_id)
 
 
 def _register_best(client: MlflowClient, best: TrialSummary, trials) -> ModelRecord | None:

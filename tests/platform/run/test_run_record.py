@@ -1,5 +1,5 @@
 """What a run records besides its metrics: dataset inputs, system metrics, the experiment's kind,
-and the UI links, against a real SQLite MLflow store."""
+against a real SQLite MLflow store."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,7 @@ from mlflow.tracking import MlflowClient
 from msc_platform.names import SYSTEM_PREFIX
 from msc_platform.run.config import ConfigError, apply_overrides
 from msc_platform.run.data import prepare_data
-from msc_platform.run.tracking import (
-    LOCAL_UI,
-    experiment_runs_url,
-    get_or_create_experiment,
-    run_url,
-    ui_address,
-)
+from msc_platform.run.tracking import get_or_create_experiment
 from msc_platform.run.train import StopTraining, train
 from tests.platform.train_cli import one_thread  # noqa: F401 (autouse fixture)
 
@@ -48,15 +42,6 @@ def test_new_and_untagged_experiments_get_the_training_kind(mlflow_uri):
     kinds = {e: client.get_experiment(e).tags.get(KIND) for e in (fresh, untagged, chosen)}
     assert kinds == {fresh: "custom_model_development", untagged: "custom_model_development",
                      chosen: "genai_development"}  # a kind someone chose is kept
-
-
-def test_ui_links_open_the_model_training_pages():
-    assert ui_address("http://10.0.0.5:5000/") == "http://10.0.0.5:5000"
-    assert ui_address("sqlite:////tmp/mlflow.db") == LOCAL_UI == "http://127.0.0.1:5000"
-    assert (experiment_runs_url("http://10.0.0.5:5000/", "7")
-            == "http://10.0.0.5:5000/#/experiments/7/runs?workflowType=machine_learning")
-    assert (run_url("http://127.0.0.1:5000", "7", "ab12")
-            == "http://127.0.0.1:5000/#/experiments/7/runs/ab12?workflowType=machine_learning")
 
 
 def test_a_run_records_train_and_val_as_dataset_inputs_once_when_resumed(tiny_config,

@@ -275,3 +275,9 @@ def test_search_sweep_with_asha_closes_every_trial_run(tmp_path, tiny_data_root)
     best = max(outcome["trials"], key=lambda t: t["best"])
     assert outcome["best_config"] == best["overrides"]
     assert outcome["best_metrics"]["best/SumR"] == best["best"]
+    registered = client.get_model_version_by_alias("msc-synthetic", "best")
+    assert outcome["registered_model"] == f"msc-synthetic/{registered.version}"
+    assert registered.run_id == best["run_id"]  # the sweep's best trial, registered by the driver
+    experiment = outcome["experiment_id"]
+    assert f"/#/experiments/{experiment}/runs?workflowType=machine_learning" in log
+    assert f"/#/experiments/{experiment}/runs/{outcome['parent_run_id']}?workflowType" in log
