@@ -1,11 +1,11 @@
-"""`msc data synth|validate|cache` (platform/msc_platform/commands/data.py)."""
+"""`msc data synth|validate|cache` (platform/msc_platform/cli/data.py)."""
 from __future__ import annotations
 
 import argparse
 
 import h5py
 
-from msc_platform.commands import data
+from msc_platform.cli import data
 
 
 def main(argv: list[str]) -> int:
