@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from data_tools.synth import PRESETS, synthesize
+from msc_platform.cluster.local import free_port
 from msc_platform.run.config import DATA_ROOT_ENV, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,12 +74,6 @@ def tiny_config(tiny_data_root, monkeypatch):
     return load_config(SYNTHETIC_CONFIG, overrides)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def _wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
     """Return once `url`/health answers 200; fail the test with the server log when the server
     exits or does not answer within `timeout` seconds."""
@@ -100,7 +94,7 @@ def _wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: flo
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with a SQLite store and served artifacts; yields its URL."""
     folder = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",

@@ -11,12 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +20,6 @@ from data_tools.processes import pid_alive
 from msc_platform.cluster.local import (
     cluster_nodes,
     cluster_processes,
-    free_port,
     start_local_cluster,
     stop_cluster,
 )
@@ -56,45 +51,6 @@ def ray_cluster(tmp_path_factory):
         stop_cluster(cluster)
         left = [pid for pid in processes if pid_alive(pid)]
         assert not left, f"cluster processes still alive after stop: {left}"
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """`mlflow server` on 127.0.0.1 with a SQLite store and served artifacts; yields its URL."""
-    folder = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port("127.0.0.1")
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-               "--artifacts-destination", str(folder / "artifacts")]
-    log = open(folder / "server.log", "wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-                              start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_health(url, server, folder / "server.log")
-        yield url
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def _wait_for_health(url: str, server: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"mlflow server not healthy within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:

@@ -107,15 +107,38 @@ def child_runs(client: MlflowClient, experiment: str) -> list:
             if "mlflow.parentRunId" in run.data.tags]
 
 
+SPACE = {"model.sim_thr": {"uniform": [0.6, 0.95]}, "model.tcp": {"choice": [True, False]}}
+TWO_TRIALS = {"num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"}}
+
+
+def two_trial_spec(tmp_path: Path, data_root: Path, name: str, epochs: int, space: dict) -> Path:
+    """Two trials one after another, no early stopping: after the first trial's last epoch the
+    second one is surely still running when the driver is interrupted."""
+    return write_tiny_spec(tmp_path / "spec.yaml", data_root, name, epochs=epochs,
+                           body={**TWO_TRIALS, "space": space})
+
+
+def resume_to_the_end(spec: Path, tmp_path: Path, env: dict[str, str], client: MlflowClient,
+                      experiment: str) -> tuple[dict, list]:
+    """Resume the sweep; check it ends with both trials TERMINATED, one run each, all FINISHED.
+    Returns (the outcome, the child runs)."""
+    code, log = finish_driver(start_driver(spec, tmp_path, env, "--resume"), tmp_path, 300)
+    assert code == 0, log[-3000:]
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    assert not outcome["interrupted"]
+    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 2
+    runs = child_runs(client, experiment)
+    assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
+        t["trial_id"] for t in outcome["trials"])  # one run per trial, none duplicated
+    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+    return outcome, runs
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, tiny_data_root):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # One trial at a time, 3 epochs each, no early stopping: after the first trial's last epoch
-    # the second one is surely still running when SIGINT arrives.
     epochs = 3
-    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "resume", epochs=epochs, body={
-        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"},
-        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]}, "model.tcp": {"choice": [True, False]}}})
+    spec = two_trial_spec(tmp_path, tiny_data_root, "resume", epochs, SPACE)
     client = MlflowClient(tracking_uri=uri)
     env = driver_env(uri)
 
@@ -130,16 +153,7 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, t
     first = client.get_run(last_epoch()[0]["mlflow_run_id"])
     assert first.info.status == "FINISHED"
 
-    code, log = finish_driver(start_driver(spec, tmp_path, env, "--resume"), tmp_path, 300)
-    assert code == 0, log[-3000:]
-    outcome = json.loads((tmp_path / "outcome.json").read_text())
-    assert not outcome["interrupted"]
-    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 2
-
-    runs = child_runs(client, "resume")
-    trial_ids = sorted(r.data.tags["msc.trial_id"] for r in runs)
-    assert trial_ids == sorted(t["trial_id"] for t in outcome["trials"])  # one run per trial
-    assert all(r.info.status == "FINISHED" for r in runs)
+    outcome, _ = resume_to_the_end(spec, tmp_path, env, client, "resume")
     again = client.get_run(first.info.run_id)
     assert again.info.end_time == first.info.end_time  # the finished trial did not run again
     steps = [m.step for m in client.get_metric_history(first.info.run_id, "loss/total")]
@@ -170,9 +184,7 @@ def test_killed_driver_leaves_no_ray_and_resume_finishes_the_sweep(tmp_path, tin
     resume closes the runs it left RUNNING and finishes every trial once, in its own run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     epochs = 3
-    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "killed", epochs=epochs, body={
-        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"},
-        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]}, "model.tcp": {"choice": [True, False]}}})
+    spec = two_trial_spec(tmp_path, tiny_data_root, "killed", epochs, SPACE)
     client = MlflowClient(tracking_uri=uri)
     env = driver_env(uri)
 
@@ -190,15 +202,8 @@ def test_killed_driver_leaves_no_ray_and_resume_finishes_the_sweep(tmp_path, tin
     (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in child_runs(client, "killed")}
     assert client.get_run(parent_id).info.status == "RUNNING"  # nobody closed it
 
-    code, log = finish_driver(start_driver(spec, tmp_path, env, "--resume"), tmp_path, 300)
-    assert code == 0, log[-3000:]
-    outcome = json.loads((tmp_path / "outcome.json").read_text())
-    assert not outcome["interrupted"] and outcome["parent_run_id"] == parent_id
-    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 2
-    runs = child_runs(client, "killed")
-    assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
-        t["trial_id"] for t in outcome["trials"])  # one run per trial, none duplicated
-    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+    outcome, runs = resume_to_the_end(spec, tmp_path, env, client, "killed")
+    assert outcome["parent_run_id"] == parent_id
     for run in runs:
         steps = {m.step for m in client.get_metric_history(run.info.run_id, "val/SumR")}
         assert steps == set(range(epochs)), (run.info.run_name, steps)
@@ -214,10 +219,8 @@ def test_local_ray_dying_under_the_driver_ends_it_with_how_to_resume(tmp_path, t
     the driver says so in one line with how to resume, exits 3 at once, leaves no Ray process,
     and a resume finishes the sweep in the same runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    epochs = 3
-    spec = write_tiny_spec(tmp_path / "spec.yaml", tiny_data_root, "lost", epochs=epochs, body={
-        "num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"},
-        "space": {"model.sim_thr": {"uniform": [0.6, 0.95]}}})
+    spec = two_trial_spec(tmp_path, tiny_data_root, "lost", 3,
+                          {"model.sim_thr": {"uniform": [0.6, 0.95]}})
     env = driver_env(uri)
     driver = start_driver(spec, tmp_path, env)
     wait_until(lambda: any(r.get("epoch") == 1 for r in result_rows(tmp_path / "ray")), 240,
@@ -235,14 +238,7 @@ def test_local_ray_dying_under_the_driver_ends_it_with_how_to_resume(tmp_path, t
         time.sleep(0.2)
     assert process_names(session) == set(), "Ray processes outlived the driver"
 
-    code, log = finish_driver(start_driver(spec, tmp_path, env, "--resume"), tmp_path, 300)
-    assert code == 0, log[-3000:]
-    outcome = json.loads((tmp_path / "outcome.json").read_text())
-    assert [t["status"] for t in outcome["trials"]] == ["TERMINATED"] * 2
-    runs = child_runs(MlflowClient(tracking_uri=uri), "lost")
-    assert sorted(r.data.tags["msc.trial_id"] for r in runs) == sorted(
-        t["trial_id"] for t in outcome["trials"])
-    assert [r.info.status for r in runs] == ["FINISHED"] * 2
+    resume_to_the_end(spec, tmp_path, env, MlflowClient(tracking_uri=uri), "lost")
 
 
 @pytest.mark.slow
