@@ -166,9 +166,11 @@ class MultiBranchAttentionLayer(nn.Module):
         self.ffn_out = StackedLinear(branches, 4 * hidden, hidden)
         self.norm_ffn = StackedLayerNorm(branches, hidden)
         self.has_prior = length is not None and any(width is not None for width in widths)
+        self.scale = 1.0 / math.sqrt(hidden // heads)
         if self.has_prior:
-            priors = torch.stack([gaussian_prior(length, width) for width in widths])
-            self.register_buffer("prior", priors, persistent=False)  # [K, L, L]
+            # the logits' 1/sqrt(dh) folded into the prior: (QK^T / sqrt(dh)) * prior in one op
+            priors = torch.stack([gaussian_prior(length, width) for width in widths]) * self.scale
+            self.register_buffer("scaled_prior", priors, persistent=False)  # [K, L, L]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor,
                 size_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -194,13 +196,16 @@ class MultiBranchAttentionLayer(nn.Module):
         # unbind, not indexing: its backward stacks the three gradients instead of zero-filling
         # a full [3, K, B, H, L, dh] buffer per part.
         query, key, value = qkv.unbind(0)  # [K, B, H, L, dh]
-        logits = query @ key.transpose(-1, -2) / math.sqrt(head_dim)  # [K, B, H, L, L]
-        if self.has_prior:
-            logits = logits * self.prior[:, None, None]
         bias = key_mask_bias(mask)  # [B, L]
         if size_bias is not None:
             bias = bias + size_bias
-        logits = logits + bias[None, :, None, None, :]
+        bias = bias[None, :, None, None, :]  # [1, B, 1, 1, L]
+        products = query @ key.transpose(-1, -2)  # [K, B, H, L, L]
+        # scale, prior and key bias in one pass over the [K, B, H, L, L] logits
+        if self.has_prior:
+            logits = torch.addcmul(bias, products, self.scaled_prior[:, None, None])
+        else:
+            logits = torch.add(bias, products, alpha=self.scale)
         weights = self.attn_dropout(torch.softmax(logits, dim=-1))
         context = weights @ value  # [K, B, H, L, dh]
         return context.transpose(2, 3).reshape(-1, batch, length, hidden)
