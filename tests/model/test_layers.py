@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from model.layers import (
+    PRIOR_FLOOR,
     CrossAttentionLayer,
     GaussianMixtureBlock,
     InputProjection,
@@ -108,6 +109,29 @@ def test_multi_branch_layer_equals_running_branches_one_by_one():
     for k, width in enumerate(WIDTHS):
         torch.testing.assert_close(out[k], branch_reference(layer, k, width, x, mask, size_bias),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_stored_prior_is_the_scaled_prior_without_its_tiny_entries():
+    layer = MultiBranchAttentionLayer(16, 2, 0.1, WIDTHS, length=128)
+    exact = torch.stack([gaussian_prior(128, w) for w in WIDTHS]) * layer.scale  # 1 / sqrt(8)
+    stored = layer.scaled_prior
+    assert bool(((stored == 0) | (stored >= PRIOR_FLOOR)).all())
+    assert int(((exact > 0) & (exact < PRIOR_FLOOR)).sum()) > 1000  # widths 0.1 and 0.5
+    assert torch.equal(stored, torch.where(exact < PRIOR_FLOOR, 0.0, exact))
+
+
+def test_dropping_the_tiny_prior_entries_changes_neither_outputs_nor_gradients():
+    x, mask, size_bias = _inputs(length=128, hidden=32)
+    layer = _randomise(MultiBranchAttentionLayer(32, 2, 0.1, WIDTHS, length=128))
+    results = []
+    for prior in (layer.scaled_prior.clone(),
+                  torch.stack([gaussian_prior(128, w) for w in WIDTHS]) / 4.0):
+        layer.scaled_prior = prior
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs, mask, size_bias)
+        out.square().sum().backward()
+        results.append((out.detach(), inputs.grad))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
 
 
 def test_gmm_block_equals_branch_loop_with_one_shared_cross_attention():
