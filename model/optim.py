@@ -75,16 +75,16 @@ class BertAdam(Optimizer):
         grads = _clipped(group["max_grad_norm"], [p.grad for p in params], layouts)
         beta1, beta2 = group["betas"]
         means, squares = self._moments(params)
-        torch._foreach_mul_(means, beta1)
-        torch._foreach_add_(means, grads, alpha=1.0 - beta1)
+        torch._foreach_lerp_(means, grads, 1.0 - beta1)  # b1 m + (1 - b1) g
         torch._foreach_mul_(squares, beta2)
         torch._foreach_addcmul_(squares, grads, grads, value=1.0 - beta2)
         denominators = torch._foreach_sqrt(squares)
         torch._foreach_add_(denominators, group["eps"])
-        updates = torch._foreach_div(means, denominators)
+        # p - lr (m / d + wd p) as (p - lr wd p) - lr m / d: two passes over the parameters,
+        # no update tensor (the factor 1 - lr wd would round to float32 and bias the decay)
         if group["weight_decay"] > 0:
-            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
-        torch._foreach_add_(params, updates, alpha=-group["lr"])
+            torch._foreach_add_(params, params, alpha=-group["lr"] * group["weight_decay"])
+        torch._foreach_addcdiv_(params, means, denominators, value=-group["lr"])
 
     def _moments(self, params: list) -> tuple[list, list]:
         """First and second moment buffers of params, created as zeros on first use."""
