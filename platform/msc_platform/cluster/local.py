@@ -149,20 +149,28 @@ def _common_args(node_ip: str, cpus: int, object_store_mb: int, temp_dir: str,
             "--disable-usage-stats", "--temp-dir", temp_dir]
 
 
+NODES_MARK = "msc-nodes: "
+
+
 def cluster_nodes(cluster: LocalCluster) -> dict[str, str]:
     """{node IP: Ray node id} of the alive nodes, asked by a short-lived driver process.
 
     Raises ClusterError when the cluster cannot be reached.
     """
     code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-            "print(json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() "
-            "if n['Alive']}))" % cluster.address)
+            "print(%r + json.dumps({n['NodeManagerAddress']: n['NodeID'] for n in ray.nodes() "
+            "if n['Alive']}))" % (cluster.address, NODES_MARK))
     env = _node_env(cluster.auth)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                             timeout=120)
     if result.returncode != 0:
         raise ClusterError(f"cannot connect to {cluster.address}: {result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    # Ray may print its own lines (a node's lagging heartbeats) around the answer
+    marked = [line for line in result.stdout.splitlines() if line.startswith(NODES_MARK)]
+    if not marked:
+        raise ClusterError(f"{cluster.address}: no node list in the driver's output: "
+                           f"{result.stdout.strip()[-2000:]}")
+    return json.loads(marked[-1][len(NODES_MARK):])
 
 
 def _nodes_missing(cluster: LocalCluster) -> list[str]:
