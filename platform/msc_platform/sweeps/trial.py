@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import ray
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -131,5 +133,15 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         train(cfg, out_dir, resume=resume, on_epoch=epoch_reporter(),
               run_id=run.info.run_id, tags=node_tags(), close_run=False)
     except (NonFiniteLossError, NonFiniteMetricError) as err:
-        client.set_tag(run.info.run_id, NON_FINITE_TAG, f"{type(err).__name__}: {err}"[:5000])
+        mark_non_finite(client, run.info.run_id, err)
         raise
+
+
+def mark_non_finite(client: MlflowClient, run_id: str, err: Exception) -> None:
+    """Tag the run `msc.non_finite` so that a retry fails at once. Best effort: when the store
+    refuses the write (a busy server), the trial still fails with `err`, not with the store's
+    error, and a retry trains again (bounded by max_failures)."""
+    try:
+        client.set_tag(run_id, NON_FINITE_TAG, f"{type(err).__name__}: {err}"[:5000])
+    except MlflowException as store_error:
+        print(f"note: could not tag run {run_id} {NON_FINITE_TAG}: {store_error}", file=sys.stderr)

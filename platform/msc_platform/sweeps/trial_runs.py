@@ -55,6 +55,9 @@ RETRIES_TAG = "msc.retries"
 LAST_FAILURE_TAG = "msc.last_failure"
 TERMINATED, ERROR = "TERMINATED", "ERROR"
 INTERRUPTED = "the sweep was interrupted; resume it to continue this run"
+ORPHAN_TAG = "msc.orphan"
+ORPHANED = ("its trial is not in the sweep's saved state (the driver died before saving it); the "
+            "resume ran the work again as another trial")
 QUALIFIED_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*(?:Error|Exception|Interrupt)\b)")
 
 
@@ -262,9 +265,13 @@ def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
     trial's last ray.tune.Checkpoint or None, "stop_reason": str | None}}.
     TERMINATED -> FINISHED with its record, unless already FINISHED with scores; ERROR ->
     FAILED; anything else (an interrupted sweep) -> KILLED, set RUNNING again by a resume.
+    A run whose trial is not in the saved state at all is an orphan (`retire_orphan`).
     """
     for trial_id, run in runs_by_trial.items():
-        outcome = outcomes.get(trial_id, {})
+        if trial_id not in outcomes:
+            retire_orphan(client, run)
+            continue
+        outcome = outcomes[trial_id]
         status = outcome.get("status")
         if status == TERMINATED and not _closed_with_scores(run):
             close_finished(client, run, outcome.get("checkpoint"), outcome.get("stop_reason"))
@@ -273,6 +280,18 @@ def settle_trial_runs(client: MlflowClient, runs_by_trial: dict[str, Any],
                 "FAILED", error=outcome.get("error") or "the trial's worker failed")
         elif status not in (TERMINATED, ERROR) and run.info.status == "RUNNING":
             RunTracker(client, run.info.run_id).finish("KILLED", error=INTERRUPTED)
+
+
+def retire_orphan(client: MlflowClient, run) -> None:
+    """Close and delete (MLflow's soft delete: restorable, hidden from the UI and from searches)
+    the run of a trial that Tune's saved state does not know: a driver killed (SIGKILL, its Ray
+    lost) after it started the trial but before Tune saved its state. The resume has run that
+    work again as another trial in its own run, so keeping this one would duplicate it."""
+    tracker = RunTracker(client, run.info.run_id)
+    tracker.set_tags({ORPHAN_TAG: ORPHANED})
+    if run.info.status == "RUNNING":
+        tracker.finish("KILLED", error=ORPHANED)
+    client.delete_run(run.info.run_id)
 
 
 def _closed_with_scores(run) -> bool:

@@ -124,7 +124,18 @@ def node_loss(ray_cluster, tiny_data_root, tmp_path_factory):
     return {"code": code, "log": log, "nodes": nodes, "lost_trial": on_worker()[0]["trial_id"],
             "rows": result_rows(workdir / "ray"), "uri": uri,
             "outcome": json.loads((workdir / "outcome.json").read_text()),
-            "alive_after": cluster_nodes(cluster)}
+            "alive_after": nodes_once_settled(cluster, gone=WORKER_IP)}
+
+
+def nodes_once_settled(cluster, gone: str, timeout: float = 90) -> dict[str, str]:
+    """The alive nodes once the head has noticed that node `gone` died (its health checks take
+    a while to give up on a node, longer on a loaded machine), or as they are at `timeout`."""
+    deadline = time.monotonic() + timeout
+    alive = cluster_nodes(cluster)
+    while gone in alive and time.monotonic() < deadline:
+        time.sleep(2)
+        alive = cluster_nodes(cluster)
+    return alive
 
 
 def trial(outcome: dict, trial_id: str) -> dict:

@@ -219,3 +219,16 @@ def test_a_trial_that_never_reported_has_no_stop_reason(tmp_path, tiny_data_root
 ])
 def test_error_lines_drop_the_exception_module_path(line, short):
     assert short_error(line) == short
+
+
+def test_the_run_of_a_trial_the_saved_state_lost_is_retired(mlflow_uri):
+    orphan = _run_with_history(mlflow_uri, "RUNNING")
+    kept = _run_with_history(mlflow_uri, "RUNNING")
+    client = MlflowClient(mlflow_uri)
+    settle_trial_runs(client, {"lost": orphan, "b": kept}, {"b": {"status": "PENDING"}})
+    gone = client.get_run(orphan.info.run_id)
+    assert gone.info.status == "KILLED" and gone.info.lifecycle_stage == "deleted"
+    assert "not in the sweep's saved state" in gone.data.tags["msc.orphan"]
+    assert client.get_run(kept.info.run_id).info.lifecycle_stage == "active"
+    experiment = client.get_experiment_by_name("settle").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [kept.info.run_id]
