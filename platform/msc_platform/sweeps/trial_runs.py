@@ -118,10 +118,19 @@ def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> lis
 def error_line(trial) -> str:
     """The last line of a failed trial's exception (what tag `error` and the summary show),
     with the exception's module path dropped (`pkg.mod.NonFiniteLossError: x` -> `NonFiniteLossError: x`)."""
+    lines = (error_text(trial) or "").strip().splitlines()
+    return short_error(lines[-1] if lines else "the trial's worker failed")
+
+
+def error_text(trial) -> str | None:
+    """The trial's error as Tune recorded it, or None. Tune writes it first into the trial's
+    local folder on the driver and copies it to the storage path later, where `get_error()`
+    reads it; so the local file is read first (a callback runs before that copy)."""
+    local = trial.error_file
+    if local and Path(local).is_file():
+        return Path(local).read_text()
     error = trial.get_error()
-    lines = str(error).strip().splitlines() if error else []
-    line = lines[-1] if lines else type(error).__name__ if error else "the trial's worker failed"
-    return short_error(line)
+    return str(error) if error else None
 
 
 def short_error(line: str) -> str:
