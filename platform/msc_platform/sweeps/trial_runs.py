@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import ray
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -125,8 +126,9 @@ def error_line(trial) -> str:
 def error_text(trial) -> str | None:
     """The trial's error as Tune recorded it, or None. Tune writes it first into the trial's
     local folder on the driver and copies it to the storage path later, where `get_error()`
-    reads it; so the local file is read first (a callback runs before that copy)."""
-    local = trial.error_file
+    reads it; so the local file is read first (a callback runs before that copy). The local
+    folder is known only while Ray runs (the final pass runs after it stopped)."""
+    local = trial.error_file if ray.is_initialized() else None
     if local and Path(local).is_file():
         return Path(local).read_text()
     error = trial.get_error()
