@@ -24,6 +24,7 @@ from msc_platform.cluster.local import (
     recorded_auth_mode,
     running_local_cluster,
     start_local_cluster,
+    stop_cluster,
 )
 from msc_platform.cluster.process_groups import group_processes, stop_groups
 from msc_platform.cluster.ray_nodes import STARTED_LINE, NodeSpec, NodeStartError, start_node
@@ -135,7 +136,9 @@ def test_a_real_head_that_does_not_start_in_time_is_named_and_stopped(tmp_path, 
     monkeypatch.chdir(tmp_path)  # every Ray process started here works in tmp_path
     with pytest.raises(ClusterError) as err:
         # 1 s: `ray start` alone takes longer to import Ray, however quiet the machine
-        start_local_cluster(tmp_path / "state", workers=1, auth="disabled", attempts=2, timeout=1)
+        started = start_local_cluster(tmp_path / "state", workers=1, auth="disabled", attempts=2,
+                                      timeout=1)
+        stop_cluster(started)  # reached only when the head started after all: leave nothing
     assert str(err.value).startswith("the head node (127.0.0.2) did not start in 2 attempts: "
                                      "not started within 1s")
     assert f"last lines of {tmp_path / 'state' / 'head.log'}:" in str(err.value)
