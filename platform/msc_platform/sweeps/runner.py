@@ -25,7 +25,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from msc_platform.names import REGISTERED_MODEL_TAG, TRIAL_TAG
+from msc_platform.names import BEST_PREFIX, REGISTERED_MODEL_TAG, TRIAL_TAG
 from msc_platform.run.config import apply_overrides
 from msc_platform.run.data import prepare_data
 from msc_platform.run.registry import ModelRecord, register_best_model
@@ -100,18 +100,11 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
             for key, d in spec.space.items()}
 
 
-def reuse_actors(spec: SweepSpec) -> bool:
-    """Whether a finished trial's worker runs the next trial (saves a process start per trial).
-
-    Safe under ASHA too: a stopped trial's worker makes no MLflow call after Tune stops it (its
-    run is the driver's to close), so nothing is cut off when Tune hands the worker over.
-    """
-    return spec.reuse_actors
 def tune_config(spec: SweepSpec) -> tune.TuneConfig:
     """Searcher, scheduler and concurrency; grid mode has neither searcher nor scheduler."""
     if spec.is_grid:
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent_trials,
-                               reuse_actors=reuse_actors(spec))
+                               reuse_actors=spec.reuse_actors)
     scheduler = None
     if spec.scheduler.type == "asha":
         scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=spec.base.train.epochs,
@@ -120,7 +113,7 @@ def tune_config(spec: SweepSpec) -> tune.TuneConfig:
     return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                            search_alg=OptunaSearch(seed=spec.seed),
                            scheduler=scheduler, max_concurrent_trials=spec.max_concurrent_trials,
-                           reuse_actors=reuse_actors(spec))
+                           reuse_actors=spec.reuse_actors)
 
 
 def storage_root(spec: SweepSpec, storage: str | None = None) -> str:
@@ -318,8 +311,8 @@ def _conclude(spec: SweepSpec, parent: RunTracker, trials, path: str) -> SweepOu
     counts = {status.lower(): sum(s.status == status for s in summaries)
               for status in ("TERMINATED", "ERROR")}
     record = {"trial_id": best.trial_id, "run_id": best.run_id, "config": best.overrides,
-              "metrics": {k[len("best/"):]: v for k, v in best_metrics.items()
-                          if k.startswith("best/")}} if best else None
+              "metrics": {k[len(BEST_PREFIX):]: v for k, v in best_metrics.items()
+                          if k.startswith(BEST_PREFIX)}} if best else None
     finish_parent_run(parent, record, counts, "KILLED" if interrupted else "FINISHED")
     registered = None
     if best and not interrupted and spec.base.tracking.register_model:

@@ -178,6 +178,14 @@ def process_names(pids: set[int]) -> set[str]:
     return names
 
 
+def live_after(pids: set[int], seconds: float) -> set[str]:
+    """The names of the processes among `pids` still alive after waiting up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return process_names(pids)
+
+
 @pytest.mark.slow
 def test_killed_driver_leaves_no_ray_and_resume_finishes_the_sweep(tmp_path, tiny_data_root):
     """SIGKILL (no handler runs, unlike SIGINT): the driver's local Ray goes with it, and a
@@ -195,10 +203,7 @@ def test_killed_driver_leaves_no_ray_and_resume_finishes_the_sweep(tmp_path, tin
     assert {"gcs_server", "raylet"} <= process_names(session), process_names(session)
     driver.send_signal(signal.SIGKILL)
     assert driver.wait(timeout=30) == -signal.SIGKILL
-    deadline = time.monotonic() + 15
-    while any(pid_alive(pid) for pid in session) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert process_names(session) == set(), "Ray processes outlived the killed driver"
+    assert live_after(session, 15) == set(), "Ray processes outlived the killed driver"
     (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in child_runs(client, "killed")}
     assert client.get_run(parent_id).info.status == "RUNNING"  # nobody closed it
 
@@ -233,10 +238,7 @@ def test_local_ray_dying_under_the_driver_ends_it_with_how_to_resume(tmp_path, t
     assert code == 3 and time.monotonic() - killed_at < 15, log[-3000:]
     (line,) = [x for x in log.splitlines() if x.startswith("error: the local Ray instance")]
     assert f"its raylet (pid {raylet}) exited" in line and "make sweep RESUME=1" in line
-    deadline = time.monotonic() + 15
-    while any(pid_alive(pid) for pid in session) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert process_names(session) == set(), "Ray processes outlived the driver"
+    assert live_after(session, 15) == set(), "Ray processes outlived the driver"
 
     resume_to_the_end(spec, tmp_path, env, MlflowClient(tracking_uri=uri), "lost")
 
