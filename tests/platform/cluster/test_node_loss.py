@@ -166,7 +166,8 @@ def test_the_lost_trial_resumed_on_the_head_from_its_last_checkpoint(node_loss):
     assert rows[-1]["epoch"] == EPOCHS
     other = [r for r in node_loss["rows"] if r["trial_id"] != lost["trial_id"]]
     assert {r["node_id"] for r in other} == {head}
-    assert trial(node_loss["outcome"], other[0]["trial_id"])["failures"] == 0
+    # the other trial may be retried too (a loaded head), but within max_failures, on the head
+    assert trial(node_loss["outcome"], other[0]["trial_id"])["failures"] <= MAX_FAILURES
 
 
 def test_every_trial_has_one_run_and_it_is_finished(node_loss):

@@ -126,7 +126,10 @@ def readme_session(clone, tiny_data_root, tmp_path_factory) -> dict:
         session["temp_dir"], session["pids"] = state.temp_dir, cluster_processes(state)
         address = re.search(r"make sweep ADDRESS=(\S+)", session["up"]).group(1)
         session["address"], session["port_was_free"] = address, port_was_free
-        sweep_args = tiny_args(work / "sweeps", tiny_data_root, "num_samples=2")
+        # a fresh worker per trial: with 1-epoch trials a reused worker can take both trials on
+        # one node, and this run checks that the sweep reaches both nodes
+        sweep_args = tiny_args(work / "sweeps", tiny_data_root, "num_samples=2",
+                               "reuse_actors=false")
         session["sweep"] = run_line(f'make sweep ADDRESS={address} ARGS="{sweep_args}"', clone, env,
                                     work / "sweep.log")
         session["pids"] |= cluster_processes(state)
