@@ -18,6 +18,7 @@ __all__ = ["video_nce", "triplet_loss", "rkd_distance", "rkd_angle", "cbva_loss"
 
 FIXED_SEGMENTS = 32
 ANGLE_ZERO_RATIO = 1e-12
+ANGLE_CHUNKS = 8
 
 
 def _check_scores(name: str, scores: torch.Tensor, labels: torch.Tensor) -> None:
@@ -150,13 +151,13 @@ def rkd_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return loss.to(student.dtype)
 
 
-def _triplet_angles(x: torch.Tensor) -> torch.Tensor:
-    """cos of the angle at a between b and c for every ordered triple: [Q, Q, Q] (a, b, c).
+def _angle_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The [Q, Q] and [Q] parts of every triple's angle cosine, in x's dtype: the Gram matrix G of
+    the centred points, its diagonal (squared norms) and inverse [a, b] = 1 / |x_b - x_a| (0 for
+    a difference vector shorter than 1e-6 of the points' norms, whose cosines are then 0).
 
-    <n(x_b - x_a), n(x_c - x_a)> from the Gram matrix G of the centred points (angles do not
-    change under translation): (G_bc - G_ab - G_ac + G_aa) / (|x_b - x_a| |x_c - x_a|), so no
-    [Q, Q, D] difference tensor is built. The [Q, Q] parts are computed in float64; a
-    difference vector shorter than 1e-6 of the points' norms counts as zero (its cosines are 0).
+    Angles do not change under translation; the parts are computed in float64, where the
+    Gram-matrix form of |x_b - x_a|^2 keeps its precision.
     """
     centred = (x - x.mean(dim=0, keepdim=True)).double()
     gram = centred @ centred.t()  # [Q, Q]
@@ -165,18 +166,95 @@ def _triplet_angles(x: torch.Tensor) -> torch.Tensor:
     squared = (scale - 2 * gram).clamp(min=0.0)  # [a, b], |x_b - x_a|^2
     zero = squared <= ANGLE_ZERO_RATIO * scale
     inverse = torch.where(zero, torch.zeros_like(squared), squared.clamp(min=1e-300).rsqrt())
-    gram, norms, inverse = gram.to(x.dtype), norms.to(x.dtype), inverse.to(x.dtype)
-    dots = gram.unsqueeze(0) - gram.unsqueeze(2) - gram.unsqueeze(1) + norms[:, None, None]
-    return dots * inverse.unsqueeze(2) * inverse.unsqueeze(1)  # [a, b, c]
+    return gram.to(x.dtype), norms.to(x.dtype), inverse.to(x.dtype)
+
+
+class _AngleLoss(torch.autograd.Function):
+    """Sum over all triples of smooth-L1 (beta 1) between the student's and the teacher's angle
+    cosines, from their _angle_parts, without holding a [Q, Q, Q] tensor: the anchors run in
+    ANGLE_CHUNKS chunks (a fixed count, so the number of ops does not grow with Q), and each
+    chunk's gradient with respect to the [Q, Q] parts is accumulated in the forward pass (the
+    loss is a scalar, so the backward pass only scales it). With S = D * I_ab * I_ac,
+    D = G_bc - G_ab - G_ac + G_aa and dS = clamp(S - T, -1, 1), symmetric in b and c:
+    dG_bc += sum_a dD, dG_ab -= 2 sum_c dD, dG_aa += sum_bc dD, dI_ab = 2 sum_c dS D I_ac,
+    where dD = dS I_ab I_ac.
+    """
+
+    @staticmethod
+    def forward(ctx, gram, norms, inverse, teacher_gram, teacher_norms, teacher_inverse):
+        grad_gram, grad_inverse = torch.zeros_like(gram), torch.zeros_like(inverse)
+        grad_norms, total = torch.zeros_like(norms), gram.new_zeros(())
+        for first in range(ANGLE_CHUNKS):
+            index = slice(first, None, ANGLE_CHUNKS)  # every ANGLE_CHUNKS-th anchor
+            rows, rows_norms, rows_inverse, t_rows, t_norms, t_inverse = (_padded(part[index]) for part in (
+                gram, norms, inverse, teacher_gram, teacher_norms, teacher_inverse))
+            dots = _anchor_dots(gram, rows, rows_norms)  # [A + 2, Q, Q]
+            pair = rows_inverse.unsqueeze(2) * rows_inverse.unsqueeze(1)  # [A + 2, Q, Q]
+            target = _anchor_dots(teacher_gram, t_rows, t_norms)
+            target = (target * t_inverse.unsqueeze(2) * t_inverse.unsqueeze(1)).to(gram.dtype)
+            error = dots * pair - target
+            slope = error.clamp(-1.0, 1.0)  # d loss / d S
+            # smooth-L1 (beta 1) of e is c (e - c / 2) with c = clamp(e, -1, 1)
+            total = total + (slope * error.sub_(slope, alpha=0.5)).sum()  # pairwise sum
+            grad_inverse[index] = 2 * ((slope * dots) @ rows_inverse.unsqueeze(2))[:-2, :, 0]
+            grad_dots = slope.mul_(pair)  # d loss / d D
+            grad_gram += grad_dots.sum(dim=0)
+            grad_gram[index] -= 2 * grad_dots.sum(dim=2)[:-2]
+            grad_norms[index] = grad_dots.sum(dim=(1, 2))[:-2]
+        ctx.save_for_backward(grad_gram, grad_norms, grad_inverse)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_gram, grad_norms, grad_inverse = ctx.saved_tensors
+        return grad_gram * grad_total, grad_norms * grad_total, grad_inverse * grad_total, \
+            None, None, None
+
+
+def _padded(part: torch.Tensor) -> torch.Tensor:
+    """`part` with two zero anchors appended: a chunk then has at least 2 anchors, so that under
+    torch.compile with dynamic shapes its size never takes the broadcasting special case 1 (which
+    would specialise the graph to one Q). A zero anchor has zero inverse distances, hence zero
+    cosines for student and teacher: no loss and no gradient."""
+    return torch.cat([part, part.new_zeros((2,) + part.shape[1:])])
+
+
+def _anchor_dots(gram: torch.Tensor, rows: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """<x_b - x_a, x_c - x_a> = G_bc - G_ab - G_ac + G_aa for the anchors a whose Gram rows are
+    `rows` [A, Q] and squared norms `norms` [A]: [A, Q, Q] (a, b, c)."""
+    return gram.unsqueeze(0) - rows.unsqueeze(2) - rows.unsqueeze(1) + norms[:, None, None]
 
 
 def rkd_angle(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """RKD angle loss (docs/model.md, TCP): smooth-L1 (beta 1) between triple angle cosines, mean of
-    Q^3 entries; no gradient to the teacher. Raises ValueError for mismatched shapes."""
+    Q^3 entries; no gradient to the teacher. Raises ValueError for mismatched shapes.
+
+    The cosine of the angle at a between b and c is <x_b - x_a, x_c - x_a> / (|x_b - x_a|
+    |x_c - x_a|), from the Gram matrix of the points (_angle_parts): no [Q, Q, D] difference
+    tensor, and (_AngleLoss) no [Q, Q, Q] tensor either, only [Q / 8, Q, Q] chunks.
+    """
     _check_pair("rkd_angle", student, teacher)
     with torch.no_grad():
-        target = _triplet_angles(teacher.float())
-    return F.smooth_l1_loss(_triplet_angles(student), target.to(student.dtype), beta=1.0)
+        teacher_parts = _angle_parts(teacher.float())  # the target cosines in float32
+    if torch.compiler.is_compiling():
+        return _whole_angle_loss(_angle_parts(student), teacher_parts)
+    total = _AngleLoss.apply(*_angle_parts(student), *teacher_parts)
+    return total / student.shape[0] ** 3
+
+
+def _whole_angle_loss(parts: tuple, teacher_parts: tuple) -> torch.Tensor:
+    """The same loss from the whole [Q, Q, Q] cosine tensors, for torch.compile: the compiler
+    fuses the elementwise chain into its reduction, and the anchor chunks' strided slices would
+    make it specialise the graph to small caption counts (one recompile per count)."""
+    gram, norms, inverse = parts
+    target = _all_cosines(*teacher_parts).to(gram.dtype)
+    return F.smooth_l1_loss(_all_cosines(gram, norms, inverse), target, beta=1.0)
+
+
+def _all_cosines(gram: torch.Tensor, norms: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """cos of the angle at a between b and c for every triple: [Q, Q, Q] (a, b, c)."""
+    dots = _anchor_dots(gram, gram, norms)  # [a, b, c]
+    return dots * inverse.unsqueeze(2) * inverse.unsqueeze(1)
 
 
 def _zero(like: torch.Tensor) -> torch.Tensor:

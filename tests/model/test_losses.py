@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import cbva
 from model.losses import (
@@ -199,3 +200,42 @@ def test_msc_loss_names_a_missing_batch_key():
     del batch["end_tokens"]
     with pytest.raises(KeyError, match="end_tokens"):
         msc_loss(cfg, out, batch, model, hard_negatives=False)
+
+
+def _angle_loss_unchunked(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """RKD angle with the whole [Q, Q, Q] cosine tensor (the formula of docs/model.md, TCP)."""
+    def cosines(x):
+        diff = x.unsqueeze(0) - x.unsqueeze(1)  # [a, b, D] = x_b - x_a
+        unit = F.normalize(diff, dim=-1)
+        return unit @ unit.transpose(1, 2)  # [a, b, c]
+    with torch.no_grad():
+        target = cosines(teacher.double())
+    return F.smooth_l1_loss(cosines(student.double()), target, beta=1.0)
+
+
+@pytest.mark.parametrize("queries", [3, 8, 37])
+def test_rkd_angle_in_anchor_chunks_equals_the_whole_tensor(queries):
+    generator = torch.Generator().manual_seed(queries)
+    student = torch.randn(queries, 16, generator=generator, requires_grad=True)
+    teacher = torch.randn(queries, 24, generator=generator)
+    loss = rkd_angle(student, teacher)
+    loss.backward()
+    expected_student = student.detach().clone().requires_grad_()
+    expected = _angle_loss_unchunked(expected_student, teacher)
+    expected.backward()
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    torch.testing.assert_close(student.grad, expected_student.grad.float(), rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("queries", [3, 37])
+def test_rkd_angle_under_torch_compile_equals_the_chunked_eager_loss(queries):
+    generator = torch.Generator().manual_seed(queries)
+    student = torch.randn(queries, 16, generator=generator, requires_grad=True)
+    teacher = torch.randn(queries, 24, generator=generator)
+    compiled_student = student.detach().clone().requires_grad_()
+    compiled = torch.compile(rkd_angle, fullgraph=True, backend="aot_eager")(compiled_student, teacher)
+    compiled.backward()
+    eager = rkd_angle(student, teacher)
+    eager.backward()
+    torch.testing.assert_close(compiled.detach(), eager.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(compiled_student.grad, student.grad, rtol=1e-4, atol=1e-8)
