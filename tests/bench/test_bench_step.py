@@ -8,7 +8,9 @@ from bench.bench_step import (
     _failed_rows,
     _in_subprocess,
     available_gib,
+    compare_steps,
     memory_shortfall,
+    must_hand_back,
 )
 
 COUNTS = {"ours": {"aten_ops": 3000, "reads": {}},
@@ -39,4 +41,17 @@ def test_a_step_too_large_for_the_free_memory_is_skipped():
     assert free is not None and free > 0
     assert memory_shortfall(1, torch.device("cpu")) is None
     reason = memory_shortfall(100_000, torch.device("cpu"))
-    assert reason.startswith("skipped: a step needs about 13500 GiB of RAM")
+    assert reason.startswith("skipped: a step needs about 14500 GiB of RAM")
+
+
+def test_freed_memory_is_handed_back_only_when_both_peaks_do_not_fit():
+    assert must_hand_back(1, torch.device("cpu")) is False
+    assert must_hand_back(100_000, torch.device("cpu")) is True
+    assert must_hand_back(100_000, torch.device("cuda")) is False
+
+
+def test_compare_steps_times_both_sides_every_round_and_says_how_memory_was_kept():
+    times = compare_steps(videos=2, threads=1, rounds=2, device=torch.device("cpu"))
+    assert len(times["ours"]) == len(times["released"]) == 2
+    assert all(seconds > 0 for seconds in times["ours"] + times["released"])
+    assert times["memory"] == "freed memory kept between steps"
