@@ -9,12 +9,17 @@ P(keep) = 1 - p to within 2^-33. The kept elements are scaled by 1 / (1 - p), as
 does, and the backward pass multiplies by the same scaled mask. The bits come from torch's
 global generator of the tensor's device, so a seed fixes the masks; plain tensor ops, the same
 code on CPU and CUDA.
+
+Under torch.compile the mask is torch's own dropout instead: the compiler draws it inside the
+fused kernel from its own generator (so compiled masks never equal eager ones), and its
+autograd tracing cannot follow the int64 -> int32 reinterpretation above.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 HALF_RANGE = 2 ** 31
@@ -57,6 +62,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if p == 1.0:
         return x * 0.0
+    if torch.compiler.is_compiling():
+        return F.dropout(x, p, training=True)
     return x * keep_scale(tuple(x.shape), p, x.dtype, x.device)
 
 

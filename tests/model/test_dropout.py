@@ -86,3 +86,16 @@ def test_bf16_keeps_its_dtype():
 def test_rejects_p_outside_zero_one(p):
     with pytest.raises(ValueError, match="p must be in"):
         dropout(torch.ones(3), p, training=True)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_dropout_keeps_one_minus_p_and_scales_forward_and_backward(backend):
+    torch.manual_seed(0)
+    x = torch.ones(64, 257, requires_grad=True)
+    compiled = torch.compile(lambda t: dropout(t, 0.25, True), backend=backend, fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    kept = out.detach() != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.02
+    assert_close(out.detach()[kept], torch.full_like(out.detach()[kept], 1 / 0.75))
+    assert_close(x.grad, out.detach())  # d(sum)/dx is the same scaled mask
