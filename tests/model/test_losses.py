@@ -227,13 +227,14 @@ def test_rkd_angle_in_anchor_chunks_equals_the_whole_tensor(queries):
     torch.testing.assert_close(student.grad, expected_student.grad.float(), rtol=1e-4, atol=1e-8)
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("queries", [3, 37])
-def test_rkd_angle_under_torch_compile_equals_the_chunked_eager_loss(queries):
+def test_rkd_angle_under_torch_compile_equals_the_chunked_eager_loss(queries, backend):
     generator = torch.Generator().manual_seed(queries)
     student = torch.randn(queries, 16, generator=generator, requires_grad=True)
     teacher = torch.randn(queries, 24, generator=generator)
     compiled_student = student.detach().clone().requires_grad_()
-    compiled = torch.compile(rkd_angle, fullgraph=True, backend="aot_eager")(compiled_student, teacher)
+    compiled = torch.compile(rkd_angle, fullgraph=True, backend=backend)(compiled_student, teacher)
     compiled.backward()
     eager = rkd_angle(student, teacher)
     eager.backward()
