@@ -161,7 +161,8 @@ def _angle_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """
     centred = (x - x.mean(dim=0, keepdim=True)).double()
     gram = centred @ centred.t()  # [Q, Q]
-    # [Q] squared norms; not gram.diagonal(), whose gradient inductor (torch 2.13, CPU) gets wrong
+    # [Q] squared norms; not gram.diagonal(): inductor (torch 2.13) gets the gradient of a
+    # diagonal view wrong (its diagonal_scatter, pytorch/pytorch#182765)
     norms = (centred * centred).sum(dim=1)
     scale = norms.unsqueeze(1) + norms.unsqueeze(0)  # [a, b]
     squared = (scale - 2 * gram).clamp(min=0.0)  # [a, b], |x_b - x_a|^2
