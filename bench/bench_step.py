@@ -4,7 +4,8 @@ A step is forward + every loss term + backward + optimiser update, in train mode
 at the paper's size: 768-d video and text features, D=384, 4 heads, B videos x 5 captions
 (tests.model.batch_factory.make_batch), TCP and adaptive CBVA on, random (not hard) negatives.
 
-- Ours: `MSC` + `model.losses.msc_loss` + `model.optim.build_optimizer`.
+- Ours: `MSC` + `model.losses.msc_loss` + `model.optim.build_optimizer`, in fp32 and with
+  bf16 autocast.
 - The released algorithm (bench/released_algorithm.py): the per-branch reference network of
   tests/model/released_reference.py, loaded with the same weights through
   `model.interop.to_authors_state_dict`, + the loop losses of bench/released_losses.py + the
@@ -15,6 +16,8 @@ Rows (B = videos, t = intra-op threads):
 - `released_algorithm_step_ms_b{B}_t{t}`: the released algorithm's, same rounds;
 - `step_vs_released_algorithm_b{B}_t{t}`: ours / released, the median of the per-round ratios
   (each round times one step of each, back to back, after one warm-up step of each);
+- `step_ms_bf16_b{B}_t{t}`, `bf16_step_vs_released_algorithm_b{B}_t{t}`: our step with bf16
+  autocast (`train.bf16`), timed in the same rounds on its own copy of the model;
 - `aten_ops_per_step_b{B}`, `host_reads_per_step_b{B}` and their `released_algorithm_*` twins:
   ATen ops and host reads of one step after a warm-up step (bench/dispatch_count.py says what
   counts as a host read).
@@ -25,6 +28,7 @@ the stable figure.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import signal
 import statistics
@@ -44,7 +48,7 @@ from model.config import MSCConfig
 from model.losses import msc_loss
 from model.network import MSC
 from model.optim import build_optimizer
-from msc_platform.run.runtime import keep_freed_memory
+from msc_platform.run.runtime import autocast, keep_freed_memory
 from tests.model.batch_factory import make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +56,8 @@ CAPTIONS = 5
 FEATURE_DIM = 768
 LR = 1e-4
 RATIO_TARGET = 0.8
+BF16_RATIO_TARGET = 0.5
+SIDES = ("ours", "ours_bf16", "released")
 # host RAM one CPU step needs, per video (5 captions), measured at paper size: the released
 # algorithm's worker peaks at 6.2 GiB at B=48 and 18.5 GiB at B=128 (our step needs less)
 STEP_GIB_PER_VIDEO = 0.145
@@ -66,24 +72,32 @@ def _to_device(batch: dict, device: torch.device) -> dict:
             for key, value in batch.items()}
 
 
-def _setup(videos: int, device: torch.device, seed: int = 0):
-    """Both sides with the same weights and optimisers, and the batch in both layouts."""
+def _setup(videos: int, device: torch.device, seed: int = 0) -> dict:
+    """The three sides of SIDES with the same starting weights (our fp32 step, our bf16 step on
+    its own copy of the model, the released algorithm), and the batch in both layouts."""
     torch.manual_seed(seed)
     cfg = MSCConfig(tcp=True, cbva="adaptive").validate()
     model = MSC(cfg).to(device).train()
+    bf16_model = copy.deepcopy(model)
     reference = build_reference(model).to(device).train()
     batch = _to_device(make_batch(videos=videos, captions=CAPTIONS, video_dim=FEATURE_DIM,
                                   text_dim=FEATURE_DIM, seed=seed), device)
-    ours = partial(our_step, model, cfg, build_optimizer(model, lr=LR), batch)
-    released = partial(released_step, reference, cfg, build_loop_optimizer(reference, lr=LR),
-                       released_batch(batch))
-    return ours, released
+    return {
+        "ours": partial(our_step, model, cfg, build_optimizer(model, lr=LR), batch),
+        "ours_bf16": partial(our_step, bf16_model, cfg, build_optimizer(bf16_model, lr=LR), batch,
+                             bf16=True),
+        "released": partial(released_step, reference, cfg,
+                            build_loop_optimizer(reference, lr=LR), released_batch(batch)),
+    }
 
 
-def our_step(model: MSC, cfg: MSCConfig, optimizer, batch: dict) -> torch.Tensor:
-    """One training step of this project: forward, msc_loss, backward, optimiser update."""
+def our_step(model: MSC, cfg: MSCConfig, optimizer, batch: dict, bf16: bool = False
+             ) -> torch.Tensor:
+    """One training step of this project: forward, msc_loss, backward, optimiser update; the
+    forward and the losses under bf16 autocast when `bf16` (as `msc train` with train.bf16)."""
     optimizer.zero_grad(set_to_none=True)
-    total, _ = msc_loss(cfg, model(batch), batch, model, hard_negatives=False)
+    with autocast(next(model.parameters()).device, bf16):
+        total, _ = msc_loss(cfg, model(batch), batch, model, hard_negatives=False)
     total.backward()
     optimizer.step()
     return total.detach()
@@ -99,21 +113,21 @@ def _seconds(step, device: torch.device) -> float:
 
 
 def compare_steps(videos: int, threads: int, rounds: int, device: torch.device) -> dict:
-    """Interleaved step times {"ours": [s], "released": [s]} after one warm-up step each, with
-    `threads` intra-op threads (restored afterwards). The two sides swap places every round, so
-    neither always runs second. Each side keeps its freed memory for its next step, as `msc
-    train` does, unless the two peaks together would not fit in RAM (see must_hand_back); then
-    freed host memory is handed back after every step, outside the timed span, and both sides
-    pay the page faults of a cold heap."""
+    """Interleaved step times {side: [s]} of the SIDES after one warm-up step each, with
+    `threads` intra-op threads (restored afterwards). The order rotates every round, so no side
+    always runs after the same one. Each side keeps its freed memory for its next step, as `msc
+    train` does, unless the sides' peaks together would not fit in RAM (see must_hand_back);
+    then freed host memory is handed back after every step, outside the timed span, and every
+    side pays the page faults of a cold heap."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     hand_back = must_hand_back(videos, device)
     try:
-        steps = dict(zip(("ours", "released"), _setup(videos, device), strict=True))
+        steps = _setup(videos, device)
         times: dict = {name: [] for name in steps}
         for round_index in range(rounds + 1):
-            order = list(steps) if round_index % 2 == 0 else list(steps)[::-1]
-            for name in order:
+            turn = round_index % len(SIDES)
+            for name in SIDES[turn:] + SIDES[:turn]:
                 seconds = _seconds(steps[name], device)
                 if hand_back:
                     release_host_memory()
@@ -127,10 +141,10 @@ def compare_steps(videos: int, threads: int, rounds: int, device: torch.device) 
 
 
 def must_hand_back(videos: int, device: torch.device) -> bool:
-    """Whether both sides' CPU step peaks together (2 x STEP_GIB_PER_VIDEO per video) exceed
+    """Whether the SIDES' CPU step peaks together (STEP_GIB_PER_VIDEO per video each) exceed
     the RAM available now, or the available RAM cannot be told."""
-    available = available_gib()
-    return device.type == "cpu" and (available is None or 2 * STEP_GIB_PER_VIDEO * videos > available)
+    available, needed = available_gib(), len(SIDES) * STEP_GIB_PER_VIDEO * videos
+    return device.type == "cpu" and (available is None or needed > available)
 
 
 def count_steps(videos: int, device: torch.device) -> dict[str, dict]:
@@ -140,7 +154,9 @@ def count_steps(videos: int, device: torch.device) -> dict[str, dict]:
     torch.set_num_threads(1)
     try:
         counts = {}
-        for name, step in zip(("ours", "released"), _setup(videos, device), strict=True):
+        steps = _setup(videos, device)
+        for name in ("ours", "released"):
+            step = steps[name]
             step()
             release_host_memory()
             with DispatchCounter() as counter:
@@ -191,31 +207,40 @@ def _row(name, value, unit, note, target=None, ok=None) -> dict:
 
 def _timing_rows(videos: int, threads: int, rounds: int, device: torch.device, suffix: str,
                  where: str) -> list[dict]:
-    """step_ms, released step_ms and their ratio for one (B, threads) setting, measured in a
-    fresh process."""
+    """Step times of the SIDES and our two ratios to the released algorithm for one
+    (B, threads) setting, measured in a fresh process."""
     tag = f"b{videos}_t{threads}{suffix}"
     times = memory_shortfall(videos, device) or _in_subprocess(
         ["--compare", str(videos), str(threads), str(rounds), "--device", device.type])
     if isinstance(times, str):
-        names = [f"step_ms_{tag}", f"released_algorithm_step_ms_{tag}",
-                 f"step_vs_released_algorithm_{tag}"]
+        names = [f"{prefix}_{tag}" for prefix in ("step_ms", "step_ms_bf16",
+                                                   "released_algorithm_step_ms",
+                                                   "step_vs_released_algorithm",
+                                                   "bf16_step_vs_released_algorithm")]
         return _failed_rows(names, f"B={videos}, {threads} thread(s), {where}: {times}")
-    ours_ms = statistics.median(times["ours"]) * 1e3
-    released_ms = statistics.median(times["released"]) * 1e3
-    ratio = statistics.median(o / r for o, r in zip(times["ours"], times["released"], strict=True))
+    ms = {side: statistics.median(times[side]) * 1e3 for side in SIDES}
     setting = (f"B={videos} videos x {CAPTIONS} captions, 768-d features, D=384, 4 heads, train "
                f"mode, {threads} thread(s), {where}; median of {rounds} interleaved rounds after a "
-               f"warm-up, the order swapped every round; {times['memory']}")
+               f"warm-up, the order rotated every round; {times['memory']}")
     return [
-        _row(f"step_ms_{tag}", ours_ms, "ms",
-             "forward + all losses + backward + BertAdam; " + setting),
-        _row(f"released_algorithm_step_ms_{tag}", released_ms, "ms",
+        _row(f"step_ms_{tag}", ms["ours"], "ms",
+             "forward + all losses + backward + BertAdam, fp32; " + setting),
+        _row(f"step_ms_bf16_{tag}", ms["ours_bf16"], "ms",
+             "the same step with bf16 autocast (train.bf16); " + setting),
+        _row(f"released_algorithm_step_ms_{tag}", ms["released"], "ms",
              "the released code's algorithm (per-branch network, loop losses, per-parameter "
              "optimiser); " + setting),
-        _row(f"step_vs_released_algorithm_{tag}", ratio, "x",
-             f"ours / released algorithm ({ours_ms:.0f} / {released_ms:.0f} ms); " + setting,
-             f"<= {RATIO_TARGET}", ratio <= RATIO_TARGET),
+        _ratio_row(f"step_vs_released_algorithm_{tag}", "ours", times, ms, RATIO_TARGET, setting),
+        _ratio_row(f"bf16_step_vs_released_algorithm_{tag}", "ours_bf16", times, ms,
+                   BF16_RATIO_TARGET, setting),
     ]
+
+
+def _ratio_row(name: str, side: str, times: dict, ms: dict, target: float, setting: str) -> dict:
+    """`side` over the released algorithm: the median of the per-round ratios."""
+    ratio = statistics.median(o / r for o, r in zip(times[side], times["released"], strict=True))
+    return _row(name, ratio, "x", f"{side} / released algorithm ({ms[side]:.0f} / "
+                f"{ms['released']:.0f} ms); " + setting, f"<= {target}", ratio <= target)
 
 
 def _count_rows_at(videos: int, counts: dict, ours_small: int | None, small: int, suffix: str,
