@@ -188,21 +188,21 @@ class _AngleLoss(torch.autograd.Function):
         grad_norms, total = torch.zeros_like(norms), gram.new_zeros(())
         for first in range(ANGLE_CHUNKS):
             index = slice(first, None, ANGLE_CHUNKS)  # every ANGLE_CHUNKS-th anchor
-            rows, rows_norms, rows_inverse, t_rows, t_norms, t_inverse = (_padded(part[index]) for part in (
+            rows, rows_norms, rows_inverse, t_rows, t_norms, t_inverse = (part[index] for part in (
                 gram, norms, inverse, teacher_gram, teacher_norms, teacher_inverse))
-            dots = _anchor_dots(gram, rows, rows_norms)  # [A + 2, Q, Q]
-            pair = rows_inverse.unsqueeze(2) * rows_inverse.unsqueeze(1)  # [A + 2, Q, Q]
+            dots = _anchor_dots(gram, rows, rows_norms)  # [A, Q, Q]; A may be 0 when Q < 8
+            pair = rows_inverse.unsqueeze(2) * rows_inverse.unsqueeze(1)  # [A, Q, Q]
             target = _anchor_dots(teacher_gram, t_rows, t_norms)
             target = (target * t_inverse.unsqueeze(2) * t_inverse.unsqueeze(1)).to(gram.dtype)
             error = dots * pair - target
             slope = error.clamp(-1.0, 1.0)  # d loss / d S
             # smooth-L1 (beta 1) of e is c (e - c / 2) with c = clamp(e, -1, 1)
             total = total + (slope * error.sub_(slope, alpha=0.5)).sum()  # pairwise sum
-            grad_inverse[index] = 2 * ((slope * dots) @ rows_inverse.unsqueeze(2))[:-2, :, 0]
+            grad_inverse[index] = 2 * ((slope * dots) @ rows_inverse.unsqueeze(2))[:, :, 0]
             grad_dots = slope.mul_(pair)  # d loss / d D
             grad_gram += grad_dots.sum(dim=0)
-            grad_gram[index] -= 2 * grad_dots.sum(dim=2)[:-2]
-            grad_norms[index] = grad_dots.sum(dim=(1, 2))[:-2]
+            grad_gram[index] -= 2 * grad_dots.sum(dim=2)
+            grad_norms[index] = grad_dots.sum(dim=(1, 2))
         ctx.save_for_backward(grad_gram, grad_norms, grad_inverse)
         return total
 
@@ -211,14 +211,6 @@ class _AngleLoss(torch.autograd.Function):
         grad_gram, grad_norms, grad_inverse = ctx.saved_tensors
         return grad_gram * grad_total, grad_norms * grad_total, grad_inverse * grad_total, \
             None, None, None
-
-
-def _padded(part: torch.Tensor) -> torch.Tensor:
-    """`part` with two zero anchors appended: a chunk then has at least 2 anchors, so that under
-    torch.compile with dynamic shapes its size never takes the broadcasting special case 1 (which
-    would specialise the graph to one Q). A zero anchor has zero inverse distances, hence zero
-    cosines for student and teacher: no loss and no gradient."""
-    return torch.cat([part, part.new_zeros((2,) + part.shape[1:])])
 
 
 def _anchor_dots(gram: torch.Tensor, rows: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
