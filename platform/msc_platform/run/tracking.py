@@ -41,6 +41,7 @@ PACKAGES = ("torch", "numpy", "mlflow", "ray", "h5py", "msc-platform")
 PARAM_BATCH = 100  # MLflow accepts at most 100 params per log_batch call
 METRIC_BATCH = 1000  # ... and at most 1000 metrics
 TAG_LIMIT = 5000  # characters kept of a tag value (MLflow caps tag values)
+DATASET_RACE_RETRIES = 3  # retries of log_inputs after a parallel run inserted the same dataset
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MONITOR_LOGGER = "mlflow.system_metrics.system_metrics_monitor"
 
@@ -177,9 +178,24 @@ class RunTracker:
 
     def log_datasets(self, inputs: list[DatasetInput]) -> None:
         """Record dataset inputs (collection_inputs) on the run. An input the run already has
-        (same name and digest: a resumed run) is not added again."""
-        if inputs:
-            self.client.log_inputs(self.run_id, datasets=list(inputs))
+        (same name and digest: a resumed run) is not added again.
+
+        Two runs of one experiment that log the same new dataset at the same moment (parallel
+        trials) race in MLflow's SQL store: it checks for the dataset, then inserts it, so the
+        slower run gets a UNIQUE-constraint error. The dataset then exists, so the call is
+        retried (DATASET_RACE_RETRIES times). Raises MlflowException for any other error.
+        """
+        if not inputs:
+            return
+        for attempt in range(DATASET_RACE_RETRIES + 1):
+            try:
+                self.client.log_inputs(self.run_id, datasets=list(inputs))
+                return
+            except MlflowException as error:
+                if "UNIQUE constraint failed: datasets" not in str(error) or \
+                        attempt == DATASET_RACE_RETRIES:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log params (values as strings; None as 'None'), PARAM_BATCH at a time."""

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from threading import Barrier, Thread
 
 import mlflow
 import pytest
+from mlflow.entities import Dataset, DatasetInput
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -87,3 +89,30 @@ def test_null_tracker_records_nothing(tmp_path):
     tracker.log_json({}, "x.json")
     tracker.finish("FAILED", error="e")
     assert tracker.run_id is None and tracker.logged_steps("m") == set() and not tracker.has_params()
+
+
+def test_parallel_runs_logging_the_same_new_dataset_all_record_it(mlflow_uri):
+    # parallel trials of one experiment log the same collection at the same moment; MLflow's SQL
+    # store checks for the dataset and then inserts it, so all but one may hit its UNIQUE key
+    runs = [RunTracker.open(mlflow_uri, "exp") for _ in range(6)]
+    dataset = DatasetInput(Dataset(name="tvr/train", digest="d1", source_type="local",
+                                   source='{"uri": "/data"}'))
+    start, errors = Barrier(len(runs)), []
+
+    def log(tracker: RunTracker) -> None:
+        start.wait()
+        try:
+            tracker.log_datasets([dataset])
+        except MlflowException as error:  # collected: an exception in a thread would be lost
+            errors.append(error)
+
+    threads = [Thread(target=log, args=(tracker,)) for tracker in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    client = MlflowClient(mlflow_uri)
+    for tracker in runs:
+        inputs = client.get_run(tracker.run_id).inputs.dataset_inputs
+        assert [item.dataset.name for item in inputs] == ["tvr/train"]
