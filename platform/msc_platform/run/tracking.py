@@ -131,6 +131,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _is_dataset_race(error: MlflowException) -> bool:
+    """Whether `error` is the datasets table's unique key refusing a second insert, in the words
+    of SQLite ("UNIQUE constraint failed: datasets...") or PostgreSQL / MySQL ("duplicate key",
+    "Duplicate entry") stores."""
+    message = str(error)
+    return "datasets" in message and any(
+        marker in message for marker in ("UNIQUE constraint failed", "duplicate key",
+                                         "Duplicate entry"))
+
+
 class RunTracker:
     """One MLflow run: params, per-step metrics, tags, artifacts and its final status."""
 
@@ -182,7 +192,7 @@ class RunTracker:
 
         Two runs of one experiment that log the same new dataset at the same moment (parallel
         trials) race in MLflow's SQL store: it checks for the dataset, then inserts it, so the
-        slower run gets a UNIQUE-constraint error. The dataset then exists, so the call is
+        slower run gets a unique-key error. The dataset then exists, so the call is
         retried (DATASET_RACE_RETRIES times). Raises MlflowException for any other error.
         """
         if not inputs:
@@ -192,8 +202,7 @@ class RunTracker:
                 self.client.log_inputs(self.run_id, datasets=list(inputs))
                 return
             except MlflowException as error:
-                if "UNIQUE constraint failed: datasets" not in str(error) or \
-                        attempt == DATASET_RACE_RETRIES:
+                if not _is_dataset_race(error) or attempt == DATASET_RACE_RETRIES:
                     raise
                 time.sleep(0.1 * (attempt + 1))
 
