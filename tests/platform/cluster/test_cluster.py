@@ -34,7 +34,7 @@ from tests.platform.sweeps.test_runner import (
 
 pytestmark = pytest.mark.slow
 SWEEP = "cluster"
-EPOCHS = 4  # long enough that the kill after epoch 1 lands mid-run
+EPOCHS = 12  # a tiny epoch takes about 0.25 s: the kill after epoch 1 lands mid-run
 MAX_FAILURES = 1
 
 

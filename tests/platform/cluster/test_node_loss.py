@@ -40,7 +40,7 @@ from tests.platform.sweeps.test_runner import (
 pytestmark = pytest.mark.slow
 SWEEP = "node-loss"
 WORKER_IP = "127.0.0.3"
-EPOCHS = 6  # the kill after epoch 1 lands mid-trial (one epoch takes about a second)
+EPOCHS = 12  # a tiny epoch takes about 0.25 s: the kill after epoch 1 lands mid-trial
 MAX_FAILURES = 2
 
 

@@ -108,6 +108,11 @@ def child_runs(client: MlflowClient, experiment: str) -> list:
 
 
 SPACE = {"model.sim_thr": {"uniform": [0.6, 0.95]}, "model.tcp": {"choice": [True, False]}}
+# A tiny epoch takes about 0.25 s, and Tune writes a trial's result rows a moment after they
+# happen. With 20 epochs a trial runs for about 5 s, so a signal sent once the first trial's last
+# epoch is seen lands in the middle of the second trial (with 3 epochs, the second trial had
+# already finished: the whole sweep was over before the signal).
+MID_SWEEP_EPOCHS = 20
 TWO_TRIALS = {"num_samples": 2, "max_concurrent_trials": 1, "seed": 7, "scheduler": {"type": "none"}}
 
 
@@ -137,7 +142,7 @@ def resume_to_the_end(spec: Path, tmp_path: Path, env: dict[str, str], client: M
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(tmp_path, tiny_data_root):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    epochs = 3
+    epochs = MID_SWEEP_EPOCHS
     spec = two_trial_spec(tmp_path, tiny_data_root, "resume", epochs, SPACE)
     client = MlflowClient(tracking_uri=uri)
     env = driver_env(uri)
@@ -191,7 +196,7 @@ def test_killed_driver_leaves_no_ray_and_resume_finishes_the_sweep(tmp_path, tin
     """SIGKILL (no handler runs, unlike SIGINT): the driver's local Ray goes with it, and a
     resume closes the runs it left RUNNING and finishes every trial once, in its own run."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    epochs = 3
+    epochs = MID_SWEEP_EPOCHS
     spec = two_trial_spec(tmp_path, tiny_data_root, "killed", epochs, SPACE)
     client = MlflowClient(tracking_uri=uri)
     env = driver_env(uri)
@@ -224,7 +229,7 @@ def test_local_ray_dying_under_the_driver_ends_it_with_how_to_resume(tmp_path, t
     the driver says so in one line with how to resume, exits 3 at once, leaves no Ray process,
     and a resume finishes the sweep in the same runs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = two_trial_spec(tmp_path, tiny_data_root, "lost", 3,
+    spec = two_trial_spec(tmp_path, tiny_data_root, "lost", MID_SWEEP_EPOCHS,
                           {"model.sim_thr": {"uniform": [0.6, 0.95]}})
     env = driver_env(uri)
     driver = start_driver(spec, tmp_path, env)
