@@ -37,6 +37,7 @@ from data_tools.processes import pid_alive
 from msc_platform.cluster.address import check_address
 from msc_platform.cluster.local import DEFAULT_STATE_DIR, STATE_FILE, recorded_auth_mode
 from msc_platform.cluster.session_reaper import session_children, start_reaper, stop_reaper
+from msc_platform.run.runtime import training_thread_env
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 NODE_IP_ENV = "MSC_RAY_NODE_IP"
@@ -52,15 +53,22 @@ def cluster_address(address: str | None = None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+def worker_runtime_env() -> dict:
+    """The runtime environment of every worker of a local instance: trials train in a thread of
+    their worker, so workers start with `training_thread_env` (one malloc arena)."""
+    return {"env_vars": training_thread_env()}
+
+
 def code_runtime_env() -> dict:
-    """A runtime environment that carries `model`, `data_tools` and `msc_platform` to every worker."""
+    """`worker_runtime_env` plus `model`, `data_tools` and `msc_platform`, carried to every worker
+    of a cluster."""
     import data_tools
     import model
     import msc_platform
 
     folders = [str(Path(package.__file__).resolve().parent)
                for package in (model, data_tools, msc_platform)]
-    return {"py_modules": folders, "excludes": CODE_EXCLUDES}
+    return {**worker_runtime_env(), "py_modules": folders, "excludes": CODE_EXCLUDES}
 
 
 def adopt_local_cluster_auth(address: str) -> str | None:
@@ -154,6 +162,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         _join(address)
     else:
         context = ray.init(num_cpus=num_cpus, include_dashboard=False,
+                           runtime_env=worker_runtime_env(),
                            _node_ip_address=node_ip or os.environ.get(NODE_IP_ENV, DEFAULT_NODE_IP))
         session_dir = context.address_info["session_dir"]
         reaper = start_reaper(session_dir)

@@ -23,9 +23,11 @@ from msc_platform.cluster.local import (
     start_local_cluster,
     stop_cluster,
 )
+from msc_platform.run.runtime import ARENA_MAX_ENV
 from tests.platform.sweeps.test_runner import (
     driver_env,
     finish_driver,
+    process_env,
     result_rows,
     start_driver,
     wait_until,
@@ -79,9 +81,10 @@ def cluster_sweep(ray_cluster, mlflow_server, tiny_data_root, tmp_path_factory):
                           if r["config"]["row"] == "good" and r["epoch"] == 1]
     wait_until(lambda: bool(first_good()), 300, driver, workdir)
     killed = first_good()[0]["pid"]
+    worker_env = process_env(killed)
     os.kill(killed, signal.SIGKILL)
     code, log = finish_driver(driver, workdir, 400)
-    return {"code": code, "log": log, "killed_pid": killed, "rows": result_rows(workdir / "ray"),
+    return {"code": code, "log": log, "killed_pid": killed, "worker_env": worker_env, "rows": result_rows(workdir / "ray"),
             "outcome": json.loads((workdir / "outcome.json").read_text()),
             "nodes": cluster_nodes(ray_cluster)}
 
@@ -94,6 +97,11 @@ def trial_of(outcome: dict, row: str) -> dict:
 def test_sweep_ends_normally(cluster_sweep):
     assert cluster_sweep["code"] == 0, cluster_sweep["log"][-4000:]
     assert not cluster_sweep["outcome"]["interrupted"]
+
+
+def test_trial_workers_start_with_one_malloc_arena(cluster_sweep):
+    """training_thread_env reaches a cluster's workers through the runtime environment."""
+    assert cluster_sweep["worker_env"].get(ARENA_MAX_ENV) == "1"
 
 
 def test_trials_ran_on_both_nodes(cluster_sweep, mlflow_server):

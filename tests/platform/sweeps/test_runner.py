@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from data_tools.processes import pid_alive
 from data_tools.synth import PRESETS
 from msc_platform.cluster.process_groups import descendants
+from msc_platform.run.runtime import ARENA_MAX_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BASE_CONFIG = REPO_ROOT / "experiments" / "configs" / "synthetic.yaml"
@@ -45,7 +46,8 @@ def write_tiny_spec(path: Path, data_root: Path, name: str, epochs: int, body: d
 
 def driver_env(tracking_uri: str, **extra: str) -> dict[str, str]:
     """The driver's environment: this test's MLflow store, no inherited Ray address."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MSC_DATA_ROOT")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "MSC_DATA_ROOT", ARENA_MAX_ENV)}
     env.update({"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}, **extra)
     return env
 
@@ -83,6 +85,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, proc: subprocess.P
             proc.kill()
             pytest.fail(f"condition not met within {timeout}s")
         time.sleep(0.3)
+
+
+def process_env(pid: int) -> dict[str, str]:
+    """The environment process `pid` started with."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode().split("=", 1) for entry in entries if b"=" in entry)
 
 
 def result_rows(storage: Path) -> list[dict]:
@@ -233,8 +241,9 @@ def test_local_ray_dying_under_the_driver_ends_it_with_how_to_resume(tmp_path, t
                           {"model.sim_thr": {"uniform": [0.6, 0.95]}})
     env = driver_env(uri)
     driver = start_driver(spec, tmp_path, env)
-    wait_until(lambda: any(r.get("epoch") == 1 for r in result_rows(tmp_path / "ray")), 240,
-               driver, tmp_path)
+    first_epoch = lambda: [r for r in result_rows(tmp_path / "ray") if r.get("epoch") == 1]
+    wait_until(lambda: bool(first_epoch()), 240, driver, tmp_path)
+    assert process_env(first_epoch()[0]["pid"]).get(ARENA_MAX_ENV) == "1"  # training_thread_env
     session = descendants([driver.pid])
     (raylet,) = [pid for pid in session if process_names({pid}) == {"raylet"}]
     os.kill(raylet, signal.SIGKILL)
