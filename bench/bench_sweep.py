@@ -10,9 +10,13 @@ synthetic set, 2 epochs each; quick: 4 trials on `tiny`, 1 epoch.
 asha_reuse_actors_speedup = wall time of an ASHA search sweep with `reuse_actors: false` over
 the same sweep with `reuse_actors: true` (a finished or stopped trial's worker process runs the
 next trial). Same seed, so the same trials; > 1 means reusing workers saves time.
+
+sweep_trial_slowdown and sweep_fixed_s split sweep_overhead: how much slower a trial runs inside
+the sweep than back to back, and what the sweep costs besides its trials.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -58,17 +62,19 @@ def _write_spec(folder: Path, data_root: Path, sizes: dict) -> Path:
     return path
 
 
-def _sequential_seconds(spec, folder: Path, uri: str) -> float:
-    """Train every trial of `spec` back to back in this process, 1 thread; total seconds."""
+def _sequential_seconds(spec, folder: Path, uri: str) -> list[float]:
+    """Train every trial of `spec` back to back in this process, 1 thread; seconds per trial."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    seconds = []
     try:
-        start = time.perf_counter()
         for index, row in enumerate(spec.rows):
             cfg = trial_config(spec, {"row": row, "train.seed": spec.seeds[0]})
             cfg = apply_overrides(cfg, {"tracking.uri": uri, "tracking.experiment": "bench-sequential"})
+            start = time.perf_counter()
             train(cfg, folder / f"sequential_{index}")
-        return time.perf_counter() - start
+            seconds.append(time.perf_counter() - start)
+        return seconds
     finally:
         torch.set_num_threads(threads)
 
@@ -78,6 +84,16 @@ def _sweep_seconds(spec, folder: Path) -> tuple[float, int]:
     outcome = run_sweep(spec, storage=str(folder / "ray"), verbose=0)
     done = sum(trial.status == "TERMINATED" for trial in outcome.trials)
     return time.perf_counter() - start, done
+
+
+def _trial_seconds_in_sweep(storage: Path) -> list[float]:
+    """Each trial's own time inside the sweep (Tune's time_total_s at its last result: from the
+    trial function's start, in its worker, to its last epoch)."""
+    seconds = []
+    for path in storage.glob("*/*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        seconds.append(rows[-1]["time_total_s"])
+    return seconds
 
 
 def _asha_spec(folder: Path, data_root: Path, sizes: dict, reuse: bool):
@@ -120,15 +136,26 @@ def run(quick: bool) -> list[dict]:
         os.environ["MLFLOW_TRACKING_URI"] = uri
         try:
             spec = load_sweep_spec(_write_spec(folder, folder / "data", sizes))
-            sequential = _sequential_seconds(spec, folder, uri)
+            per_trial = _sequential_seconds(spec, folder, uri)
             swept, done = _sweep_seconds(spec, folder)
+            in_sweep = _trial_seconds_in_sweep(folder / "ray")
             reuse_rows = _reuse_rows(folder, sizes)
         finally:
             if previous is None:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = previous
+    return [*_overhead_rows(sizes, swept, done, per_trial, in_sweep), *reuse_rows]
+
+
+def _overhead_rows(sizes: dict, swept: float, done: int, per_trial: list[float],
+                   in_sweep: list[float]) -> list[dict]:
+    """sweep_overhead and where it goes: the trials' own slowdown inside the sweep, and the
+    rest (Ray start and shutdown, the parent run, the gaps between trials)."""
+    sequential = sum(per_trial)
     ratio = swept / (sequential / 2)
+    slowdown = (sum(in_sweep) / len(in_sweep)) / (sequential / len(per_trial))
+    fixed = swept - sum(in_sweep) / 2
     note = (f"{sizes['trials']} trials x {sizes['epochs']} epochs ({sizes['preset']}), "
             f"{done} finished; sweep {swept:.1f}s vs back-to-back {sequential:.1f}s")
     return [
@@ -138,5 +165,10 @@ def run(quick: bool) -> list[dict]:
          "note": "whole run_sweep call, Ray start included"},
         {"name": "sweep_sequential_s", "value": sequential, "unit": "s", "target": None,
          "ok": None, "note": "same trials back to back, no Ray, 1 thread"},
-        *reuse_rows,
+        {"name": "sweep_trial_slowdown", "value": slowdown, "unit": "x", "target": None,
+         "ok": None, "note": f"a trial's mean time inside the sweep ({sum(in_sweep) / len(in_sweep):.1f}s, "
+         f"2 at a time) over its mean time back to back ({sequential / len(per_trial):.1f}s)"},
+        {"name": "sweep_fixed_s", "value": fixed, "unit": "s", "target": None, "ok": None,
+         "note": "sweep wall time less half the trials' own times: Ray start and shutdown, "
+                 "the parent run, waits between trials"},
     ]
