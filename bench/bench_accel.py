@@ -17,22 +17,21 @@ every path alike.
 from __future__ import annotations
 
 import statistics
-import time
+from functools import partial
 
 import torch
 
+from bench.bench_step import CAPTIONS, FEATURE_DIM, LR, our_step, step_seconds
 from bench.released_algorithm import build_reference, released_batch, released_step
 from bench.released_optim import build_loop_optimizer
 from model.config import MSCConfig
 from model.network import MSC
 from model.optim import build_optimizer
-from msc_platform.run.evaluate import autocast
 from msc_platform.run.runtime import keep_freed_memory
 from msc_platform.run.train import forward_loss
 from tests.model.batch_factory import make_batch
 
 PAPER_PARAMS = 30_660_640
-CAPTIONS, FEATURE_DIM, LR = 5, 768, 1e-4
 RATIO_TARGET = 0.5
 CPU = torch.device("cpu")
 PATHS = {"fp32": (False, False), "bf16": (True, False), "compile": (False, True),
@@ -43,22 +42,15 @@ def _row(name, value, unit, note, target=None, ok=None) -> dict:
     return {"name": name, "value": value, "unit": unit, "target": target, "ok": ok, "note": note}
 
 
-def _our_step(cfg: MSCConfig, batch: dict, bf16: bool, compiled: bool):
-    """A fresh model and optimiser and a step function for one path."""
+def _path_step(cfg: MSCConfig, batch: dict, bf16: bool, compiled: bool):
+    """(a fresh model, its step function) for one path: bench_step.our_step with a new
+    optimiser, autocast when `bf16`, forward_loss compiled by inductor when `compiled`."""
     torch.manual_seed(0)
     model = MSC(cfg).train()
-    optimizer = build_optimizer(model, lr=LR)
     forward = torch.compile(forward_loss, backend="inductor") if compiled else forward_loss
     tensors = {key: value for key, value in batch.items() if torch.is_tensor(value)}
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(CPU, bf16):
-            total, _ = forward(model, tensors, False)
-        total.backward()
-        optimizer.step()
-
-    return model, step
+    return model, partial(our_step, model, build_optimizer(model, lr=LR), tensors, bf16=bf16,
+                          forward=forward)
 
 
 def _released_step(model, cfg: MSCConfig, batch: dict):
@@ -66,12 +58,6 @@ def _released_step(model, cfg: MSCConfig, batch: dict):
     optimizer = build_loop_optimizer(reference, lr=LR)
     loop_batch = released_batch(batch)
     return lambda: released_step(reference, cfg, optimizer, loop_batch)
-
-
-def _seconds(step) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
 
 
 def time_paths(videos: int, rounds: int, paths: dict) -> dict[str, list[float]]:
@@ -84,7 +70,7 @@ def time_paths(videos: int, rounds: int, paths: dict) -> dict[str, list[float]]:
                            text_dim=FEATURE_DIM, seed=0)
         steps = {}
         for name, (bf16, compiled) in paths.items():
-            model, steps[name] = _our_step(cfg, batch, bf16, compiled)
+            model, steps[name] = _path_step(cfg, batch, bf16, compiled)
             for _ in range(2):  # warm-up: compilation, autotuning, first allocations
                 steps[name]()
         steps["released"] = _released_step(model, cfg, batch)
@@ -92,7 +78,7 @@ def time_paths(videos: int, rounds: int, paths: dict) -> dict[str, list[float]]:
         times = {name: [] for name in steps}
         for _ in range(rounds):
             for name, step in steps.items():
-                times[name].append(_seconds(step))
+                times[name].append(step_seconds(step, CPU))
     finally:
         torch.set_num_threads(previous)
     return times

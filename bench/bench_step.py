@@ -37,6 +37,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -45,10 +46,10 @@ from bench.dispatch_count import DispatchCounter
 from bench.released_algorithm import build_reference, released_batch, released_step
 from bench.released_optim import build_loop_optimizer
 from model.config import MSCConfig
-from model.losses import msc_loss
 from model.network import MSC
 from model.optim import build_optimizer
 from msc_platform.run.runtime import autocast, keep_freed_memory
+from msc_platform.run.train import forward_loss
 from tests.model.batch_factory import make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,38 +73,44 @@ def _to_device(batch: dict, device: torch.device) -> dict:
             for key, value in batch.items()}
 
 
-def _setup(videos: int, device: torch.device, seed: int = 0) -> dict:
-    """The three sides of SIDES with the same starting weights (our fp32 step, our bf16 step on
-    its own copy of the model, the released algorithm), and the batch in both layouts."""
+def _setup(videos: int, device: torch.device, sides: tuple[str, ...] = SIDES,
+           seed: int = 0) -> dict:
+    """Step functions of `sides` (of SIDES: our fp32 step, our bf16 step on its own copy of the
+    model, the released algorithm), all from the same starting weights, each with its own
+    optimiser; the batch in the layout of each."""
     torch.manual_seed(seed)
     cfg = MSCConfig(tcp=True, cbva="adaptive").validate()
     model = MSC(cfg).to(device).train()
-    bf16_model = copy.deepcopy(model)
-    reference = build_reference(model).to(device).train()
     batch = _to_device(make_batch(videos=videos, captions=CAPTIONS, video_dim=FEATURE_DIM,
                                   text_dim=FEATURE_DIM, seed=seed), device)
-    return {
-        "ours": partial(our_step, model, cfg, build_optimizer(model, lr=LR), batch),
-        "ours_bf16": partial(our_step, bf16_model, cfg, build_optimizer(bf16_model, lr=LR), batch,
-                             bf16=True),
-        "released": partial(released_step, reference, cfg,
-                            build_loop_optimizer(reference, lr=LR), released_batch(batch)),
-    }
+    steps = {}
+    if "ours_bf16" in sides:
+        bf16_model = copy.deepcopy(model)
+        steps["ours_bf16"] = partial(our_step, bf16_model, build_optimizer(bf16_model, lr=LR),
+                                     batch, bf16=True)
+    if "released" in sides:
+        reference = build_reference(model).to(device).train()
+        steps["released"] = partial(released_step, reference, cfg,
+                                    build_loop_optimizer(reference, lr=LR), released_batch(batch))
+    if "ours" in sides:
+        steps["ours"] = partial(our_step, model, build_optimizer(model, lr=LR), batch)
+    return steps
 
 
-def our_step(model: MSC, cfg: MSCConfig, optimizer, batch: dict, bf16: bool = False
-             ) -> torch.Tensor:
-    """One training step of this project: forward, msc_loss, backward, optimiser update; the
-    forward and the losses under bf16 autocast when `bf16` (as `msc train` with train.bf16)."""
+def our_step(model: MSC, optimizer, batch: dict, bf16: bool = False,
+             forward: Callable = forward_loss) -> torch.Tensor:
+    """One training step of this project as `msc train` runs it: `forward` (forward_loss, or a
+    compiled forward_loss as with train.compile) under bf16 autocast when `bf16` (train.bf16),
+    backward, optimiser update. Random (not hard) negatives."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(next(model.parameters()).device, bf16):
-        total, _ = msc_loss(cfg, model(batch), batch, model, hard_negatives=False)
+        total, _ = forward(model, batch, False)
     total.backward()
     optimizer.step()
     return total.detach()
 
 
-def _seconds(step, device: torch.device) -> float:
+def step_seconds(step, device: torch.device) -> float:
     """Wall time of one call of `step`, the device drained before and after."""
     synchronize(device)
     start = time.perf_counter()
@@ -128,7 +135,7 @@ def compare_steps(videos: int, threads: int, rounds: int, device: torch.device) 
         for round_index in range(rounds + 1):
             turn = round_index % len(SIDES)
             for name in SIDES[turn:] + SIDES[:turn]:
-                seconds = _seconds(steps[name], device)
+                seconds = step_seconds(steps[name], device)
                 if hand_back:
                     release_host_memory()
                 if round_index > 0:
@@ -154,9 +161,8 @@ def count_steps(videos: int, device: torch.device) -> dict[str, dict]:
     torch.set_num_threads(1)
     try:
         counts = {}
-        steps = _setup(videos, device)
-        for name in ("ours", "released"):
-            step = steps[name]
+        steps = _setup(videos, device, sides=("ours", "released"))
+        for name, step in steps.items():
             step()
             release_host_memory()
             with DispatchCounter() as counter:

@@ -95,7 +95,7 @@ def test_our_step_reads_the_host_never_and_the_released_step_often():
     loop_optimizer = build_loop_optimizer(reference, lr=1e-3)
     loop_batch = released_batch(batch)
     with DispatchCounter() as our_counts:
-        our_step(model, cfg, optimizer, batch)
+        our_step(model, optimizer, batch)
     with DispatchCounter() as released_counts:
         released_step(reference, cfg, loop_optimizer, loop_batch)
     assert our_counts.host_reads == 0, dict(our_counts.reads)
