@@ -6,7 +6,8 @@ Rows:
 - `step_ms_fp32_b{B}`, `step_ms_bf16_b{B}`, `step_ms_compile_b{B}`, `step_ms_compile_bf16_b{B}`:
   our training step (forward + every loss + backward + BertAdam, train mode) as `msc train`
   runs it with `train.bf16` and/or `train.compile` (inductor), B videos x 5 captions, one
-  thread, median of interleaved rounds after warm-up steps (the compile happens there).
+  thread, median of 5 interleaved rounds in rotating order, after two steps of each path
+  (the compile happens there) and a warm-up round.
 - `bf16_speedup`, `compile_speedup`: the fp32 eager step over the bf16 / compiled step.
 - `best_accelerated_vs_released_algorithm`: the fastest accelerated step over the released
   code's algorithm (bench/released_algorithm.py, the same weights and batch), timed in the same
@@ -21,7 +22,7 @@ from functools import partial
 
 import torch
 
-from bench.bench_step import CAPTIONS, FEATURE_DIM, LR, our_step, step_seconds
+from bench.bench_step import CAPTIONS, FEATURE_DIM, LR, interleaved_times, our_step
 from bench.released_algorithm import build_reference, released_batch, released_step
 from bench.released_optim import build_loop_optimizer
 from model.config import MSCConfig
@@ -61,7 +62,9 @@ def _released_step(model, cfg: MSCConfig, batch: dict):
 
 
 def time_paths(videos: int, rounds: int, paths: dict) -> dict[str, list[float]]:
-    """Interleaved step times of every path and of the released algorithm, one thread."""
+    """Step times of every path and of the released algorithm, one thread, interleaved as in
+    bench_step (a warm-up round, then `rounds` rounds in rotating order). Each path first takes
+    two steps on its own: compilation and autotuning happen there."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -71,17 +74,12 @@ def time_paths(videos: int, rounds: int, paths: dict) -> dict[str, list[float]]:
         steps = {}
         for name, (bf16, compiled) in paths.items():
             model, steps[name] = _path_step(cfg, batch, bf16, compiled)
-            for _ in range(2):  # warm-up: compilation, autotuning, first allocations
+            for _ in range(2):
                 steps[name]()
         steps["released"] = _released_step(model, cfg, batch)
-        steps["released"]()
-        times = {name: [] for name in steps}
-        for _ in range(rounds):
-            for name, step in steps.items():
-                times[name].append(step_seconds(step, CPU))
+        return interleaved_times(steps, rounds, CPU)
     finally:
         torch.set_num_threads(previous)
-    return times
 
 
 def run(quick: bool) -> list[dict]:
@@ -90,12 +88,12 @@ def run(quick: bool) -> list[dict]:
     params = sum(p.numel() for p in MSC(MSCConfig()).parameters())
     rows = [_row("params_paper_size", params, "params", "MSC at 768-d features, D=384, 4 heads",
                  f"= {PAPER_PARAMS:,}", params == PAPER_PARAMS)]
-    videos, rounds = (4, 1) if quick else (32, 3)
+    videos, rounds = (4, 1) if quick else (32, 5)
     paths = {k: v for k, v in PATHS.items() if not (quick and v[1])}
     times = {name: statistics.median(values) for name, values in
              time_paths(videos, rounds, paths).items()}
     setting = (f"B={videos} videos x {CAPTIONS} captions, 768-d, D=384, 4 heads, 1 thread, median "
-               f"of {rounds} interleaved rounds")
+               f"of {rounds} interleaved rounds after a warm-up round, the order rotated every round")
     for name in paths:
         rows.append(_row(f"step_ms_{name}_b{videos}", times[name] * 1e3, "ms",
                          f"our step, path {name}; " + setting))

@@ -94,7 +94,7 @@ def _setup(videos: int, device: torch.device, sides: tuple[str, ...] = SIDES,
                                     build_loop_optimizer(reference, lr=LR), released_batch(batch))
     if "ours" in sides:
         steps["ours"] = partial(our_step, model, build_optimizer(model, lr=LR), batch)
-    return steps
+    return {name: steps[name] for name in SIDES if name in steps}
 
 
 def our_step(model: MSC, optimizer, batch: dict, bf16: bool = False,
@@ -130,20 +130,30 @@ def compare_steps(videos: int, threads: int, rounds: int, device: torch.device) 
     torch.set_num_threads(threads)
     hand_back = must_hand_back(videos, device)
     try:
-        steps = _setup(videos, device)
-        times: dict = {name: [] for name in steps}
-        for round_index in range(rounds + 1):
-            turn = round_index % len(SIDES)
-            for name in SIDES[turn:] + SIDES[:turn]:
-                seconds = step_seconds(steps[name], device)
-                if hand_back:
-                    release_host_memory()
-                if round_index > 0:
-                    times[name].append(seconds)
+        times: dict = interleaved_times(_setup(videos, device), rounds, device, hand_back)
     finally:
         torch.set_num_threads(previous)
     times["memory"] = "freed memory handed back after every step" if hand_back else \
         "freed memory kept between steps"
+    return times
+
+
+def interleaved_times(steps: dict[str, Callable], rounds: int, device: torch.device,
+                      hand_back: bool = False) -> dict[str, list[float]]:
+    """{name: [s] * rounds}: one warm-up round of every step (not kept), then `rounds` rounds of
+    one call each. The order rotates every round, so no step always runs after the same one.
+    With `hand_back`, freed host memory goes back to the OS after every call, outside the timed
+    span."""
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds + 1):
+        turn = round_index % len(names)
+        for name in names[turn:] + names[:turn]:
+            seconds = step_seconds(steps[name], device)
+            if hand_back:
+                release_host_memory()
+            if round_index > 0:
+                times[name].append(seconds)
     return times
 
 
