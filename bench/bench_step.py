@@ -83,7 +83,9 @@ def _setup(videos: int, device: torch.device, sides: tuple[str, ...] = SIDES,
     model = MSC(cfg).to(device).train()
     batch = _to_device(make_batch(videos=videos, captions=CAPTIONS, video_dim=FEATURE_DIM,
                                   text_dim=FEATURE_DIM, seed=seed), device)
-    steps = {}
+    steps = {}  # in SIDES order: the order of the interleaved rounds
+    if "ours" in sides:
+        steps["ours"] = partial(our_step, model, build_optimizer(model, lr=LR), batch)
     if "ours_bf16" in sides:
         bf16_model = copy.deepcopy(model)
         steps["ours_bf16"] = partial(our_step, bf16_model, build_optimizer(bf16_model, lr=LR),
@@ -92,9 +94,7 @@ def _setup(videos: int, device: torch.device, sides: tuple[str, ...] = SIDES,
         reference = build_reference(model).to(device).train()
         steps["released"] = partial(released_step, reference, cfg,
                                     build_loop_optimizer(reference, lr=LR), released_batch(batch))
-    if "ours" in sides:
-        steps["ours"] = partial(our_step, model, build_optimizer(model, lr=LR), batch)
-    return {name: steps[name] for name in SIDES if name in steps}
+    return steps
 
 
 def our_step(model: MSC, optimizer, batch: dict, bf16: bool = False,

@@ -20,9 +20,9 @@ needs one more setting, in the environment the process starts with (`training_th
 glibc gives such a thread an arena of its own, whose heaps hold at most 64 MiB, so larger blocks
 are mapped and unmapped every time whatever `keep_freed_memory` set. A small-preset trial took
 22.8 s in a thread, 5.5 s of it in the kernel (4.4 M page faults), against 17.9 s with 0.4 s in
-the kernel (0.3 M) in the main thread. With MALLOC_ARENA_MAX=1 every thread allocates from the main heap, and a trial in a
-thread costs what it costs in the main thread. glibc reads that variable when the process starts,
-so it cannot be set from inside the process.
+the kernel (0.3 M) in the main thread. With MALLOC_ARENA_MAX=1 every thread allocates from the
+main heap, and a trial in a thread costs what it costs in the main thread. glibc reads that
+variable when the process starts, so it cannot be set from inside the process.
 """
 from __future__ import annotations
 

@@ -84,7 +84,8 @@ def cluster_sweep(ray_cluster, mlflow_server, tiny_data_root, tmp_path_factory):
     worker_env = process_env(killed)
     os.kill(killed, signal.SIGKILL)
     code, log = finish_driver(driver, workdir, 400)
-    return {"code": code, "log": log, "killed_pid": killed, "worker_env": worker_env, "rows": result_rows(workdir / "ray"),
+    return {"code": code, "log": log, "killed_pid": killed, "worker_env": worker_env,
+            "rows": result_rows(workdir / "ray"),
             "outcome": json.loads((workdir / "outcome.json").read_text()),
             "nodes": cluster_nodes(ray_cluster)}
 
